@@ -1,0 +1,75 @@
+"""Training checkpoints: model, optimizer, scheduler and step, saved with torch.distributed.checkpoint.
+
+The same code saves a single-process model and an FSDP-sharded one (each rank writes its shards).
+A checkpoint folder is complete only once ``step.json`` is in it, written last, so a crash mid-save
+never leaves a checkpoint that looks usable. Loading uses DCP's own format (no pickle of arbitrary
+objects) and the step marker is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from countclip import storage
+from countclip.distributed import is_distributed, is_main_process
+
+MARKER = "step.json"
+# FSDP1 needs flattened optimizer state for DCP (field notes); harmless for FSDP2, DDP and plain models.
+OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+def training_state(model: nn.Module, optimizer, scheduler) -> dict:
+    model_state, optim_state = get_state_dict(model, optimizer, options=OPTIONS)
+    return {"model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict()}
+
+
+def save(folder: str | Path, model: nn.Module, optimizer, scheduler, step: int, extra: dict | None = None) -> Path:
+    """Save into ``folder`` (every rank calls this); return it. Overwrites a stale partial save."""
+    folder = Path(folder)
+    if is_main_process() and folder.exists():
+        shutil.rmtree(folder)
+    _barrier()
+    dcp.save(training_state(model, optimizer, scheduler), checkpoint_id=str(folder))
+    _barrier()
+    if is_main_process():
+        storage.write_text(folder / MARKER, json.dumps({"step": step, **(extra or {})}))
+    _barrier()
+    return folder
+
+
+def load(folder: str | Path, model: nn.Module, optimizer, scheduler) -> dict:
+    """Restore a complete checkpoint in place; return its marker (step and extras)."""
+    folder = Path(folder)
+    marker = folder / MARKER
+    if not marker.is_file():
+        raise FileNotFoundError(f"{folder} is not a complete checkpoint (no {MARKER})")
+    state = training_state(model, optimizer, scheduler)
+    dcp.load(state, checkpoint_id=str(folder))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=OPTIONS)
+    scheduler.load_state_dict(state["scheduler"])
+    return json.loads(marker.read_text())
+
+
+def latest(root: str | Path) -> Path | None:
+    """The newest complete checkpoint folder (``step_NNNNNNNN``) under root, if any."""
+    root = Path(root)
+    done = sorted(p.parent for p in root.glob(f"step_*/{MARKER}")) if root.is_dir() else []
+    return done[-1] if done else None
+
+
+def folder_for(root: str | Path, step: int) -> Path:
+    return Path(root) / f"step_{step:08d}"
+
+
+def _barrier() -> None:
+    if is_distributed():
+        import torch.distributed as dist
+
+        dist.barrier()

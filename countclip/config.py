@@ -1,0 +1,202 @@
+"""Typed configuration: dataclasses with a docstring per field, YAML in and out, CLI overrides.
+
+Every job's config is a dataclass tree built from ``ConfigBase``. YAML only serialises it: loading
+checks every key against the dataclass, coerces scalars to the declared type, and fails with a message
+that names the dotted field, what was given and what was expected. Field-level rules live in each
+class's ``__post_init__`` and raise ``ConfigError`` saying how to fix the value.
+
+    cfg = ExperimentConfig.load("configs/experiment.yaml", ["finetune.steps=100", "seed=3"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+T = TypeVar("T", bound="ConfigBase")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, ill-typed or out of range."""
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless condition holds (for ``__post_init__`` checks)."""
+    if not condition:
+        raise ConfigError(message)
+
+
+class ConfigBase:
+    """Mixin for config dataclasses: dict/YAML conversion with strict validation."""
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"{where or cls.__name__}: unknown field(s) {unknown}; valid fields are {sorted(fields)}"
+            )
+        hints = get_type_hints(cls)
+        kwargs = {}
+        for name, value in data.items():
+            # A nested section given in part keeps the defaults of its parent's default_factory
+            # (an experiment's pretrain stage differs from a plain TrainConfig).
+            factory = fields[name].default_factory
+            if isinstance(value, dict) and factory is not dataclasses.MISSING:
+                default = factory()
+                if isinstance(default, ConfigBase):
+                    value = _merge(default.to_dict(), value)
+            kwargs[name] = _coerce(value, hints[name], _join(where, name))
+        try:
+            return cls(**kwargs)
+        except ConfigError as exc:
+            raise ConfigError(f"{where + ': ' if where else ''}{exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+        """Read ``path`` (YAML; None for defaults), apply ``key.sub=value`` overrides, validate."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"config file {path} does not exist")
+            try:
+                data = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+            if not isinstance(data, dict):
+                raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        for item in overrides or []:
+            apply_override(data, item)
+        return cls.from_dict(data)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self: T, **changes: Any) -> T:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as a YAML scalar or list."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} must look like field.subfield=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _merge(merged[key], value)
+        merged[key] = value
+    return merged
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against the type hint, converting YAML scalars where that is lossless."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {hint}")
+    if origin is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = get_args(hint)
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        key_t, val_t = get_args(hint) or (Any, Any)
+        return {
+            _coerce(k, key_t, where): _coerce(v, val_t, f"{where}.{k}") for k, v in value.items()
+        }
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint) and issubclass(hint, ConfigBase):
+        return hint.from_dict(value, where)
+    return _coerce_scalar(value, hint, where)
+
+
+def _coerce_scalar(value: Any, hint: Any, where: str) -> Any:
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads "1e-3" as a string
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if isinstance(hint, type) and isinstance(value, hint):
+        return value
+    raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+__all__ = ["ConfigBase", "ConfigError", "apply_override", "require"]

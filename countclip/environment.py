@@ -1,0 +1,48 @@
+"""The one place that sets the libraries' process-wide switches: offline modes, caches, telemetry.
+
+Called by the CLI, the ray_jobs entrypoints and the test suite, never at import. Offline is the
+default, so nothing in a demo or a test tries the network; ``COUNTCLIP_OFFLINE=0`` lets open_clip
+download pretrained weights from the hub on a cluster that has the internet.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+TELEMETRY_OFF = {
+    "RAY_USAGE_STATS_ENABLED": "0",  # Ray's usage-stats upload
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "YOLO_OFFLINE": "1",  # ultralytics: no version check, no GitHub asset look-ups
+}
+HUB_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def offline_requested() -> bool:
+    return os.environ.get("COUNTCLIP_OFFLINE", "1").strip().lower() not in ("0", "false", "no")
+
+
+def configure_environment(cache_dir: str | Path | None = None, *, offline: bool | None = None) -> Path:
+    """Set the switches (without overriding what the user already exported); return the cache dir.
+
+    Caches of ultralytics and matplotlib go under ``cache_dir`` (default: a countclip folder in the
+    system temp dir), so nothing is written to the home directory.
+    """
+    cache = Path(cache_dir or os.environ.get("COUNTCLIP_CACHE") or Path(tempfile.gettempdir()) / "countclip-cache")
+    cache.mkdir(parents=True, exist_ok=True)
+    switches = dict(TELEMETRY_OFF)
+    if offline_requested() if offline is None else offline:
+        switches |= HUB_OFFLINE
+    switches |= {
+        "YOLO_CONFIG_DIR": str(cache / "ultralytics"),
+        "MPLCONFIGDIR": str(cache / "matplotlib"),
+        "COUNTCLIP_CACHE": str(cache),
+    }
+    for key, value in switches.items():
+        os.environ.setdefault(key, value)
+    for key in ("YOLO_CONFIG_DIR", "MPLCONFIGDIR"):
+        Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
+    return cache

@@ -1,0 +1,234 @@
+"""Evaluation: the CountBench protocol, zero-shot classification, count-aware retrieval metrics.
+
+CountBench protocol (Paiss et al.): for each image, the caption is rewritten with every number word
+two..ten; the model predicts the count whose caption scores highest against the image. Accuracy is
+over the images found; missing images are counted and reported, never silently dropped, so two runs
+on different image sets are not compared by accident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from countclip import storage
+from countclip.numbers import COUNTS, NUMBER_WORDS, caption_variants
+
+REQUIRED_FIELDS = ("image_url", "text", "number")
+WORD_FOR_COUNT = {n: w for w, n in NUMBER_WORDS.items()}
+
+
+@dataclass
+class CountingReport:
+    accuracy: float  # over scored images
+    per_count_accuracy: dict[int, float]
+    confusion: np.ndarray  # (9, 9) rows: true count 2..10, columns: predicted
+    macro_f1: float
+    scored: int
+    missing: int  # entries whose image was not found or not readable
+    skipped: dict[str, int] = field(default_factory=dict)  # other reasons an entry was not scored
+    predictions: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "count_accuracy": self.accuracy,
+            "per_count_accuracy": {str(k): v for k, v in self.per_count_accuracy.items()},
+            "macro_f1": self.macro_f1,
+            "scored": self.scored,
+            "missing": self.missing,
+            "skipped": self.skipped,
+            "confusion": self.confusion.tolist(),
+        }
+
+
+def load_countbench(path: str | Path) -> list[dict]:
+    """Read and validate a CountBench-format JSON list (fields image_url, text, number 2..10)."""
+    try:
+        entries = json.loads(storage.read_bytes(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"benchmark file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"benchmark file {path} is not valid JSON: {exc}") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"benchmark file {path} must hold a JSON list of entries")
+    for i, entry in enumerate(entries):
+        missing = [f for f in REQUIRED_FIELDS if not isinstance(entry, dict) or f not in entry]
+        if missing:
+            raise ValueError(f"benchmark file {path}: entry {i} lacks field(s) {missing}; each entry needs {list(REQUIRED_FIELDS)}")
+        if not isinstance(entry["number"], int) or entry["number"] not in COUNTS:
+            raise ValueError(f"benchmark file {path}: entry {i} has number {entry['number']!r}, expected an integer 2..10")
+        if not isinstance(entry["text"], str) or not isinstance(entry["image_url"], str):
+            raise ValueError(f"benchmark file {path}: entry {i} needs string image_url and text")
+    return entries
+
+
+def cached_image_name(url: str) -> str:
+    """The file name under which a fetched benchmark image is cached (sha1 of the URL)."""
+    return hashlib.sha1(url.encode()).hexdigest()[:20]
+
+
+def find_image(url: str, root: Path | None, index: int) -> Path | None:
+    """Local file of a benchmark entry: a local/relative path, or a cached download by URL hash or index."""
+    if "://" not in url or url.startswith("file://"):
+        path = storage.local_path(url)
+        if not path.is_absolute() and root is not None:
+            path = root / path
+        return path if path.is_file() else None
+    if root is None:
+        return None
+    for stem in (cached_image_name(url), f"{index:04d}", str(index)):
+        hits = sorted(root.glob(stem + ".*"))
+        if hits:
+            return hits[0]
+    return None
+
+
+def benchmark_captions(text: str, number: int) -> dict[int, str] | None:
+    """The nine protocol captions; falls back to replacing the first whole number word when the
+    grammar does not accept the caption as a count (the benchmark's label is authoritative)."""
+    try:
+        return caption_variants(text, number)
+    except ValueError:
+        pass
+    word = WORD_FOR_COUNT[number]
+    match = re.search(rf"\b{word}\b", text, flags=re.IGNORECASE)
+    if match is None:
+        return None
+    original = match.group(0)
+
+    def styled(w: str) -> str:
+        return w.upper() if original.isupper() else w.capitalize() if original[0].isupper() else w
+
+    return {n: text[: match.start()] + styled(WORD_FOR_COUNT[n]) + text[match.end():] for n in COUNTS}
+
+
+@torch.no_grad()
+def predict_counts(model, tokenizer, images: torch.Tensor, variants: list[dict[int, str]],
+                   device="cpu", batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted counts (N,), probabilities (N, 9) over counts 2..10) by the CountBench protocol.
+
+    images: (N, 3, H, W) preprocessed; variants: per image, the nine captions keyed by count.
+    """
+    model.eval()
+    predictions, probabilities = [], []
+    for start in range(0, len(images), batch_size):
+        chunk = variants[start : start + batch_size]
+        image_features = model.encode_image(images[start : start + batch_size].to(device), normalize=True)
+        texts = [v[n] for v in chunk for n in COUNTS]
+        text_features = model.encode_text(tokenizer(texts).to(device), normalize=True)
+        text_features = text_features.view(len(chunk), len(COUNTS), -1)  # (b, 9, D)
+        scale = model.logit_scale.exp().reshape(())
+        logits = scale * torch.einsum("bd,bkd->bk", image_features, text_features)
+        probabilities.append(logits.softmax(-1).float().cpu())
+        predictions.append(logits.argmax(-1).cpu() + COUNTS[0])
+    return torch.cat(predictions).numpy(), torch.cat(probabilities).numpy()
+
+
+def counting_report(truth: np.ndarray, predicted: np.ndarray, missing: int = 0,
+                    skipped: dict[str, int] | None = None) -> CountingReport:
+    """Accuracy, per-count accuracy, macro-F1 and the confusion matrix over counts 2..10."""
+    truth, predicted = np.asarray(truth), np.asarray(predicted)
+    k = len(COUNTS)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (truth - COUNTS[0], predicted - COUNTS[0]), 1)
+    per_count = {c: float(confusion[i, i] / confusion[i].sum()) for i, c in enumerate(COUNTS) if confusion[i].sum()}
+    tp = np.diag(confusion).astype(float)
+    precision = np.divide(tp, confusion.sum(0), out=np.zeros(k), where=confusion.sum(0) > 0)
+    recall = np.divide(tp, confusion.sum(1), out=np.zeros(k), where=confusion.sum(1) > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    present = confusion.sum(1) > 0
+    return CountingReport(
+        accuracy=float((truth == predicted).mean()) if len(truth) else 0.0,
+        per_count_accuracy=per_count,
+        confusion=confusion,
+        macro_f1=float(f1[present].mean()) if present.any() else 0.0,
+        scored=len(truth),
+        missing=missing,
+        skipped=dict(skipped or {}),
+        predictions=[int(p) for p in predicted],
+    )
+
+
+def evaluate_countbench(model, tokenizer, preprocess, bench_file: str | Path, image_root: str | Path | None = None,
+                        device="cpu") -> CountingReport:
+    """Run the protocol on a CountBench-format file; images under ``image_root`` (default: the
+    file's folder). Missing or unreadable images are counted in ``missing``."""
+    entries = load_countbench(bench_file)
+    root = Path(image_root) if image_root else storage.local_path(bench_file).parent
+    images, variants, truth, missing, skipped = [], [], [], 0, {}
+    for i, entry in enumerate(entries):
+        captions = benchmark_captions(entry["text"], entry["number"])
+        if captions is None:
+            skipped["no_number_word"] = skipped.get("no_number_word", 0) + 1
+            continue
+        path = find_image(entry["image_url"], root, i)
+        image = _open_image(path) if path else None
+        if image is None:
+            missing += 1
+            continue
+        images.append(preprocess(image))
+        variants.append(captions)
+        truth.append(entry["number"])
+    if not images:
+        return counting_report(np.zeros(0, int), np.zeros(0, int), missing, skipped)
+    predicted, _ = predict_counts(model, tokenizer, torch.stack(images), variants, device)
+    return counting_report(np.array(truth), predicted, missing, skipped)
+
+
+def _open_image(path: Path) -> Image.Image | None:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+@torch.no_grad()
+def zeroshot_accuracy(model, tokenizer, images: torch.Tensor, labels: np.ndarray,
+                      class_prompts: list[list[str]], device="cpu", batch_size: int = 256) -> float:
+    """Top-1 accuracy of classifying images by the mean of each class's prompt embeddings."""
+    model.eval()
+    class_features = []
+    for prompts in class_prompts:
+        features = model.encode_text(tokenizer(prompts).to(device), normalize=True).mean(0)
+        class_features.append(features / features.norm())
+    classifier = torch.stack(class_features)  # (C, D)
+    hits = 0
+    for start in range(0, len(images), batch_size):
+        features = model.encode_image(images[start : start + batch_size].to(device), normalize=True)
+        predicted = (features @ classifier.T).argmax(-1).cpu().numpy()
+        hits += int((predicted == labels[start : start + batch_size]).sum())
+    return hits / len(images)
+
+
+def save_confusion_png(confusion: np.ndarray, path: str | Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(len(COUNTS)), COUNTS)
+    ax.set_yticks(range(len(COUNTS)), COUNTS)
+    ax.set_xlabel("predicted count")
+    ax.set_ylabel("true count")
+    ax.set_title(title)
+    for (i, j), n in np.ndenumerate(confusion):
+        if n:
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=7,
+                    color="white" if n > confusion.max() / 2 else "black")
+    fig.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    storage.write_bytes(path, buffer.getvalue())

@@ -1,0 +1,121 @@
+"""open_clip models: create, load (pretrained tag, local file, s3:// object), make FSDP-ready, export.
+
+Any open_clip architecture works (ViT-B-32 with ``pretrained="openai"`` on a cluster with the hub in
+reach). The small ``countclip-*`` architectures in ``model_configs/`` are registered here for
+CountWorld; they use open_clip's own tokenizer, so a checkpoint exported from them loads with stock
+``open_clip.create_model_and_transforms(arch, pretrained=path)`` once the config is registered.
+
+Models are created with a 1-element ``logit_scale`` (open_clip's ``nonscalar_logit_scale``), because
+FSDP rejects 0-dim parameters; ``export_checkpoint`` writes it back as a scalar, and open_clip's loader
+reshapes either way.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from countclip import storage
+from countclip.config import ConfigBase, ConfigError, require
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+@dataclass
+class ModelConfig(ConfigBase):
+    arch: str = "countclip-tiny"
+    """open_clip architecture name (open_clip.list_models()), e.g. ViT-B-32 or countclip-tiny."""
+    pretrained: str | None = None
+    """None for random weights, an open_clip pretrained tag (e.g. "openai"), a local checkpoint path,
+    or an s3:// URI of one."""
+    precision: str = "fp32"
+    """Parameter precision at creation: fp32 for training (mixed precision is set by the trainer)."""
+
+    def __post_init__(self) -> None:
+        require(bool(self.arch), "model.arch must name an open_clip architecture, e.g. ViT-B-32")
+        require(self.precision in ("fp32", "bf16", "fp16"), "model.precision must be fp32, bf16 or fp16")
+
+
+def register_architectures() -> None:
+    """Make the countclip-* architectures known to open_clip (idempotent)."""
+    import open_clip
+
+    if not set(known_architectures()) >= {p.stem for p in CONFIG_DIR.glob("*.json")}:
+        open_clip.add_model_config(CONFIG_DIR)
+
+
+def known_architectures() -> list[str]:
+    import open_clip
+
+    return open_clip.list_models()
+
+
+def resolve_pretrained(arch: str, pretrained: str | None) -> str | None:
+    """The tag or local file to hand open_clip; s3:// objects are downloaded once into the cache."""
+    import open_clip
+
+    if pretrained is None or pretrained in open_clip.list_pretrained_tags_by_model(arch):
+        return pretrained
+    if storage.is_s3(pretrained):
+        try:
+            return str(storage.local_copy(pretrained))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"checkpoint {pretrained} does not exist") from None
+    path = storage.local_path(pretrained)
+    if path.is_file():
+        return str(path)
+    if path.suffix in CHECKPOINT_SUFFIXES or "/" in pretrained:
+        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    raise ConfigError(
+        f"model.pretrained={pretrained!r} is neither a pretrained tag of {arch} "
+        f"(known: {tags or 'none'}) nor an existing checkpoint file"
+    )
+
+
+def create_model(cfg: ModelConfig, device: str | torch.device = "cpu"):
+    """(model, image preprocess for evaluation, tokenizer), with clear errors for bad names or files."""
+    import open_clip
+
+    register_architectures()
+    if cfg.arch not in known_architectures():
+        close = [a for a in known_architectures() if a.lower().startswith(cfg.arch.lower()[:5])][:8]
+        raise ConfigError(f"unknown architecture {cfg.arch!r}; similar known ones: {close or known_architectures()[:8]}")
+    pretrained = resolve_pretrained(cfg.arch, cfg.pretrained)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            cfg.arch, pretrained=pretrained, precision=cfg.precision, device=device, nonscalar_logit_scale=True
+        )
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, KeyError, ValueError) as exc:
+        if pretrained and Path(pretrained).is_file():
+            raise ValueError(f"checkpoint {cfg.pretrained} is corrupt or not a {cfg.arch} checkpoint: {exc}") from None
+        raise
+    return model, preprocess, open_clip.get_tokenizer(cfg.arch)
+
+
+def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A stock open_clip state dict: CPU tensors, scalar logit_scale."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    for key in ("logit_scale", "logit_bias"):
+        if key in state and state[key].numel() == 1:
+            state[key] = state[key].reshape(())
+    return state
+
+
+def export_checkpoint(model: nn.Module | dict[str, torch.Tensor], uri: str | Path) -> None:
+    """Write a checkpoint that ``open_clip.create_model_and_transforms(arch, pretrained=path)`` loads."""
+    state = model if isinstance(model, dict) else export_state_dict(model)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

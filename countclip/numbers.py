@@ -1,0 +1,411 @@
+"""Number words in captions: which count a caption states, where, of what, and its rewrites.
+
+The paper (Paiss et al., ICCV 2023) counts with the spelled words two..ten. A caption states a
+count when one of those words, as a whole word (any case), counts visible things:
+"three red circles", "set of eight", "All seven would ...", "the ten best headsets" (Top Ten
+counts too: CountBench labels it so).
+
+An occurrence is *not* a count when its context says it is something else:
+- glued: joined by a hyphen or dash ("two-way", "three-year-old", "twenty-two", "two-three"),
+  followed by "'s" ("two's company") or wrapped as "(two)" (a list item's note, not the caption's);
+- part of a bigger number or a sequence: a number word next to it ("two hundred", "twenty two",
+  "ten thirty", "two dozen", "three quarter"), "hundred and two";
+- a range, ratio or approximation: "two or three", "two to 3", "2 - three", "five past two",
+  "one in ten", "nine out of ten", "two or more", "about ten", "at least two", "up to ten";
+- a unit, a duration, a period or money after it: "two meters", "three inches", "ten percent",
+  "three days", "two weeks", "four seasons", "ten dollars", "two cents", "three pounds" (weight
+  or money, never a count), "three times", "nine lives"; clock times ("three o'clock", "ten pm");
+  fractions ("two thirds", "three quarters of", "two and a half", "two point five");
+- numbering or a fixed expression before it: "episode two", "season three", "part two",
+  "chapter ten", "day three", "No. 2", "Mark Two", "World War Two", "take two", "high five",
+  "cloud nine"; ages ("aged three", "turns ten"); frequency and negation ("every two", "no two");
+- a compound modifier of one thing: "a three piece suit", "a two seater" ("a/an" + number word
+  whose phrase reaches no plural noun; "a nine different poses" still counts);
+- a bare number (nothing follows but punctuation) after "at", "is", "until", ... (times, ages:
+  "meet at ten.", "she is two") or after a comma (apposition: "Hattie, eight, Finn, seven").
+Coins are things: "ten quarters", "two pennies" count; "ten dollars" is an amount, and "three
+pounds" is weight or money, never a count. "one of the two boys" counts two (both are pictured).
+Numbering words take no full stop ("A sunny day. Two dogs" counts); abbreviations may ("No. 2").
+Titles and names ("Seven Samurai", "Four Seasons Hotel") are not recognised: the detector check
+downstream rejects their images.
+
+What is counted: the noun phrase is read after the first counted word, up to punctuation, a stop
+word (preposition, conjunction, determiner, auxiliary, pronoun) or a digit, and ends at its first
+plural-looking word, at most four words plus "and" between modifiers ("black and white photos");
+the noun is its last word, a plain guess for mapping to detector classes later.
+
+Multi-count rule: a training pair and its counterfactuals need one unambiguous count, so a caption
+whose counted occurrences state different counts ("two dogs and three cats") has none (None). The
+same count repeated ("three dogs ... the three dogs") is one count; every occurrence is a span and
+every one is rewritten in the variants, so no variant contradicts itself.
+
+Input: a str, or None. None, "" and whitespace give None; anything else (bytes, numbers, NaN,
+pandas NA) raises TypeError. `parse_captions`, the vectorised form for the data pipeline, is
+lenient instead: None, NaN and pandas NA become null rows, and bytes that are not valid UTF-8
+become null rows too (a corrupt caption is no caption), never an exception. Spans are str
+(code point) offsets.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+NUMBER_WORDS: dict[str, int] = {
+    "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
+    "seven": 7, "eight": 8, "nine": 9, "ten": 10,
+}
+COUNTS = tuple(range(2, 11))
+_WORD_FOR = {count: word for word, count in NUMBER_WORDS.items()}
+
+# ASCII-only case-insensitivity ([tT][wW][oO]) and Unicode word boundaries: every match is also
+# a match of the RE2 prefilter (ASCII \b, ignore_case), so the vectorised form sees a superset.
+_ANY_CASE = ("".join(f"[{c}{c.upper()}]" for c in word) for word in NUMBER_WORDS)
+_NUMBER_RE = re.compile(r"(?<!\w)(?:" + "|".join(_ANY_CASE) + r")(?!\w)")
+_PREFILTER_RE2 = r"\b(?:" + "|".join(NUMBER_WORDS) + r")\b"
+_PREV_WORD_RE = re.compile(r"\w+(?:['’]\w+)*")
+_NEXT_TOKEN_RE = re.compile(r"(\W*)(\w+(?:[-'’]\w+)*)")  # (separator, word), "all-star" one word
+_DIGIT_NOTE_RE = re.compile(r"\s*\(?\d+\)?(?=\s|$)")  # "five 5 holiday", "ten (10) coins"
+_NUMBERING_SEP_RE = re.compile(r"\s+#?\s*")  # "part two", "episode #2"
+_ABBREV_SEP_RE = re.compile(r"\.?\s*#?\s*")  # "No. 2", "vol.2"
+_RANGE_SEP_RE = re.compile(r"\s*[-‐‑–—/~]\s*")  # "2 - three", "two/three"
+_AFTER_RE = re.compile(
+    r"\s*(?:o['’]?\s?clock\b|[ap]\.\s?m\b|[ap]m\b|%|per\s?cent\b|percent\b"
+    r"|in\s+the\s+(?:morning|afternoon|evening)\b|at\s+night\b"
+    r"|and\s+(?:an?\s+)?half\b|point\s+\w)",
+    re.IGNORECASE,
+)
+_WINDOW = 64  # characters of context read on each side of a number word
+_DASHES = frozenset("-‐‑–—")
+_APOSTROPHES = frozenset("'’")
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+_NUMBERISH = _words(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty "
+    "ninety hundred hundreds thousand thousands million millions billion billions trillion dozen "
+    "dozens half quarter"
+)
+_CONNECTORS = _words("or to and by x through thru till til past in of point")
+_APPROX_TAIL = _words("more less fewer few so many")  # "two or more", "ten or so"
+_UNITS = _words(
+    # durations and periods
+    "second seconds sec secs minute minutes min mins hour hours hr hrs day days night nights "
+    "week weeks wk wks fortnight fortnights month months year years yr yrs yo decade decades "
+    "century centuries season seasons semester semesters times fold lives "
+    # lengths, weights, volumes and other measures
+    "meter meters metre metres cm mm km centimeter centimeters centimetre centimetres "
+    "millimeter millimeters millimetre millimetres kilometer kilometers kilometre kilometres "
+    "inch inches foot feet ft yard yards yd yds mile miles gram grams kg kilo kilos kilogram "
+    "kilograms pound pounds lb lbs ounce ounces oz ton tons tonne tonnes liter liters litre "
+    "litres ml gallon gallons pint pints quart quarts degree degrees acre acres hectare hectares "
+    "mph kph story stories storey storeys carat carats karat karats calorie calories megapixel "
+    "megapixels "
+    # money amounts (coins such as pennies or quarters are things and still count)
+    "dollar dollars buck bucks cent cents euro euros pence quid yen yuan rupee rupees franc "
+    "francs peso pesos grand"
+)
+_FRACTIONS = _words("thirds fourths fifths sixths sevenths eighths ninths tenths")
+_NUMBERING_PREV = _words(
+    "episode season series chapter part volume book level grade step round number page act "
+    "scene stage phase version day week year mark war apollo gen class type size track game "
+    "hole channel district figure lesson psalm verse take high cloud"
+)
+# Abbreviations may be followed by a full stop; full words may not, or "A sunny day. Two dogs"
+# would read as numbering.
+_NUMBERING_ABBREV = _words("no ep ch pt vol pg lvl num ver mk fig")
+_APPROX_PREV = _words("about around approximately approx roughly nearly almost than least most")
+_NOT_COUNT_PREV = _words("every aged age ages turns turned turning")  # frequency, ages
+_BARE_PREV = _words("at by until till til is was turn")  # "meet at ten.", "she is two"
+_ARTICLES = _words("a an")
+_PARTITIVE = _words("the these those my his her our their its your")
+_PHRASE_STOP = _NUMBERISH | _words(
+    "in on at of with for from to by over under near beside behind between into onto inside "
+    "outside above below across against along around during without within through like via "
+    "and or but nor the a an this that these those is are was were be been being has have had "
+    "do does did will would can could should may might must who which whom whose while when "
+    "where as than then them they their it its we us our you your he she his her i me my "
+    "including featuring containing showing holding wearing having using"
+)
+_JOINER = "and"  # kept between modifiers: "black and white photos"
+_IRREGULAR_PLURALS = _words(
+    "men women children people feet teeth geese mice dice sheep fish deer oxen cattle police moai"
+)
+
+
+@dataclass(frozen=True)
+class CaptionCount:
+    """The count a caption states and where: every counted occurrence, and what it counts."""
+
+    count: int
+    """2..10, the same for every counted occurrence."""
+    spans: tuple[tuple[int, int], ...]
+    """(start, end) str offsets of every counted occurrence of the number word, in order."""
+    noun_phrase: str
+    """Lower-cased words after the first counted number word ("red circles"), see module doc."""
+    noun: str
+    """Head-noun guess, the phrase's last word ("circles"); "" if none follows ("set of ten")."""
+
+
+def parse_caption(caption: str | None) -> CaptionCount | None:
+    """The count a caption states with a spelled number word 2..10, or None (see module doc)."""
+    if caption is None:
+        return None
+    if not isinstance(caption, str):
+        kind = type(caption).__name__
+        raise TypeError(f"caption must be a str or None, got {kind}: {caption!r:.80}")
+    matches = (m.span() for m in _NUMBER_RE.finditer(caption))
+    spans = tuple((s, e) for s, e in matches if _is_counted(caption, s, e))
+    counts = {NUMBER_WORDS[caption[s:e].lower()] for s, e in spans}
+    if len(counts) != 1:  # no count, or several different ones: ambiguous for a counting pair
+        return None
+    phrase = _noun_phrase(caption[spans[0][1]:spans[0][1] + _WINDOW])
+    return CaptionCount(counts.pop(), spans, " ".join(phrase), phrase[-1] if phrase else "")
+
+
+def count_from_caption(caption: str | None) -> int | None:
+    """The count 2..10 a caption states, or None; `parse_caption(caption).count`."""
+    parsed = parse_caption(caption)
+    return parsed.count if parsed else None
+
+
+def caption_variants(caption: str, count: int) -> dict[int, str]:
+    """The caption rewritten for each count 2..10 (CountBench's nine captions), [count] unchanged.
+
+    Every counted occurrence is rewritten in its own case; uncounted ones ("two-year-old") stay.
+    """
+    spans = _spans_stating(caption, count)
+    return {c: caption if c == count else _rewrite(caption, spans, c) for c in COUNTS}
+
+
+def counterfactual_caption(caption: str, count: int, rng) -> str:
+    """The caption with its count swapped for one of the other eight, drawn uniformly.
+
+    rng: a numpy.random.Generator or a random.Random.
+    """
+    spans = _spans_stating(caption, count)
+    others = [c for c in COUNTS if c != count]
+    if hasattr(rng, "integers"):  # numpy.random.Generator
+        pick = int(rng.integers(len(others)))
+    else:
+        pick = rng.randrange(len(others))
+    return _rewrite(caption, spans, others[pick])
+
+
+def parse_captions(captions) -> pa.Table:
+    """Vectorised `parse_caption`: a pyarrow Array/ChunkedArray, pandas Series or list of str/None
+    in, a row-aligned table out with columns count (int8), noun, noun_phrase (string),
+    span_start, span_end (int32, the first counted occurrence); null where there is no count.
+    Row i of the table is row i of the input (a Series' index is not used).
+
+    An RE2 kernel finds the few rows holding any number word; only those go through
+    `parse_caption`, the very function the scalar form uses, so the two cannot disagree.
+    """
+    strings = _as_string_array(captions)
+    chunks = strings.chunks if isinstance(strings, pa.ChunkedArray) else [strings]
+    return pa.Table.from_batches([_parse_chunk(chunk) for chunk in chunks], schema=_SCHEMA)
+
+
+_SCHEMA = pa.schema([
+    ("count", pa.int8()), ("noun", pa.string()), ("noun_phrase", pa.string()),
+    ("span_start", pa.int32()), ("span_end", pa.int32()),
+])
+
+
+def _parse_chunk(strings: pa.Array) -> pa.RecordBatch:
+    # (N,) bool: the few rows with any number word; the rest never leave Arrow.
+    has_number = pc.match_substring_regex(strings, _PREFILTER_RE2, ignore_case=True)
+    has_number = pc.fill_null(has_number, False)
+    parsed = [parse_caption(c) for c in pc.filter(strings, has_number).to_pylist()]
+    values = {
+        "count": [p and p.count for p in parsed],
+        "noun": [p and p.noun for p in parsed],
+        "noun_phrase": [p and p.noun_phrase for p in parsed],
+        "span_start": [p and p.spans[0][0] for p in parsed],
+        "span_end": [p and p.spans[0][1] for p in parsed],
+    }
+    columns = [
+        pc.replace_with_mask(
+            pa.nulls(len(strings), field.type), has_number, pa.array(values[field.name], field.type)
+        )
+        for field in _SCHEMA
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=_SCHEMA)
+
+
+def _as_string_array(captions) -> pa.Array | pa.ChunkedArray:
+    """Any accepted input as Arrow strings; nulls stay null, invalid UTF-8 becomes null."""
+    if not isinstance(captions, (pa.Array, pa.ChunkedArray)):
+        try:  # lists and pandas Series; from_pandas turns NaN and pandas NA into nulls
+            captions = pa.array(captions, type=pa.string(), from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            captions = pa.array([_item_as_str(item) for item in captions], type=pa.string())
+    kind = captions.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return captions
+    if pa.types.is_null(kind) or pa.types.is_string_view(kind):
+        return captions.cast(pa.string())
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind):
+        try:
+            return captions.cast(pa.string())
+        except pa.ArrowInvalid:  # some rows are not UTF-8: a per-row path, for corrupt input only
+            items = captions.to_pylist()
+            return pa.array([_item_as_str(item) for item in items], type=pa.string())
+    raise TypeError(f"captions must hold strings, got an Arrow array of {kind}")
+
+
+def _item_as_str(item) -> str | None:
+    if isinstance(item, str) or item is None:
+        return item
+    if isinstance(item, (bytes, bytearray)):
+        try:
+            return bytes(item).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if (isinstance(item, float) and math.isnan(item)) or type(item).__name__ == "NAType":
+        return None
+    raise TypeError(f"captions must be str or None, got {type(item).__name__}: {item!r:.80}")
+
+
+def _spans_stating(caption: str, count: int) -> tuple[tuple[int, int], ...]:
+    parsed = parse_caption(caption)
+    if parsed is None or parsed.count != count:
+        stated = "no count" if parsed is None else f"count {parsed.count}"
+        raise ValueError(f"caption states {stated}, not {count}: {caption!r:.120}")
+    return parsed.spans
+
+
+def _rewrite(caption: str, spans: tuple[tuple[int, int], ...], count: int) -> str:
+    """Every span replaced by count's word, keeping each original's case (lower, Title, UPPER)."""
+    parts, last = [], 0
+    for start, end in spans:
+        parts += [caption[last:start], _same_case(_WORD_FOR[count], caption[start:end])]
+        last = end
+    return "".join(parts) + caption[last:]
+
+
+def _same_case(word: str, like: str) -> str:
+    if like.isupper():
+        return word.upper()
+    return word.capitalize() if like[0].isupper() else word
+
+
+def _is_counted(caption: str, start: int, end: int) -> bool:
+    """Whether the number word at caption[start:end] counts things (the exclusions in the doc)."""
+    if _glued(caption, start, end):
+        return False
+    left = caption[max(0, start - _WINDOW):start]
+    previous = list(_PREV_WORD_RE.finditer(left))[-2:]
+    words = [m.group().lower() for m in reversed(previous)]  # [word before, the one before that]
+    before_sep = left[previous[-1].end():] if previous else left
+    right = caption[end:end + _WINDOW]
+    after = [(sep, word.lower()) for sep, word in _NEXT_TOKEN_RE.findall(right)[:3]]
+    bare = not after or bool(after[0][0].strip())  # only punctuation, or nothing, follows
+    return not (
+        _excluded_by_before(words, before_sep, bare, right)
+        or _excluded_by_after(after, right)
+    )
+
+
+def _glued(caption: str, start: int, end: int) -> bool:
+    """Hyphenated/dashed compounds, "two's", and "(two)" notes."""
+    before = caption[start - 1] if start else ""
+    after, after2 = caption[end:end + 1], caption[end + 1:end + 2]
+    return (
+        before in _DASHES or after in _DASHES  # the empty string is in neither set
+        or (after in _APOSTROPHES and after2.isalpha())
+        or (before == "(" and after == ")")
+    )
+
+
+def _is_numberish(word: str) -> bool:
+    return word in _NUMBERISH or word.isdigit()
+
+
+def _excluded_by_before(words: list[str], sep: str, bare: bool, right: str) -> bool:
+    w1, w2 = (words + ["", ""])[:2]
+    plain = sep.isspace()
+    return (
+        (plain and w1 in _NUMBERISH)  # "twenty two", "one two three"
+        or (plain and w1 in _CONNECTORS and _is_numberish(w2))  # "two or three", "five past two"
+        or (w1, w2) in (("of", "out"), ("to", "up"))  # "nine out of ten", "up to ten"
+        or (bool(_RANGE_SEP_RE.fullmatch(sep)) and _is_numberish(w1))  # "2 - three", "2/three"
+        or (w1 in _NUMBERING_PREV and bool(_NUMBERING_SEP_RE.fullmatch(sep)))  # "part two"
+        or (w1 in _NUMBERING_ABBREV and bool(_ABBREV_SEP_RE.fullmatch(sep)))  # "No. 2"
+        or (plain and (w1 in _APPROX_PREV or w1 in _NOT_COUNT_PREV))  # "about ten", "aged three"
+        or (plain and w1 in _ARTICLES and not _has_plural(_noun_phrase(right)))  # "a two seater"
+        or (bare and plain and w1 in _BARE_PREV)  # "meet at ten.", "she is two"
+        or (bare and sep.strip() == ",")  # apposition: "Hattie, eight, Finn, seven"
+    )
+
+
+def _excluded_by_after(after: list[tuple[str, str]], right: str) -> bool:
+    if _AFTER_RE.match(right):  # o'clock, pm, percent, "two and a half", "two point five"
+        return True
+    if not after:
+        return False
+    (sep1, w1), (sep2, w2) = (after + [("", ""), ("", "")])[:2]
+    w1 = w1.split("-")[0]  # "hundred-year-old" -> "hundred"
+    w2 = w2.split("-")[0]
+    if _RANGE_SEP_RE.fullmatch(sep1):
+        return _is_numberish(w1)  # "two - 3", "two/three"
+    if not sep1.isspace():
+        return False
+    return (
+        w1 in _NUMBERISH or w1 in _UNITS or w1 in _FRACTIONS  # "two hundred", "three days"
+        or (w1 == "quarters" and w2 == "of")  # "three quarters of"; "ten quarters" are coins
+        or (w1 in _CONNECTORS and sep2.isspace() and _is_numberish(w2))  # "two or 3", "two in one"
+        or (w1 == "or" and w2 in _APPROX_TAIL)  # "two or more"
+        or (w1 == "out" and w2 == "of")  # "nine out of ten"
+    )
+
+
+def _noun_phrase(right: str) -> list[str]:
+    """The words after a number word that name what it counts, at most four, lower-cased.
+
+    Reads up to six words (to a stop word or punctuation) and ends at the first plural-looking
+    one, keeping its last four ("paper pulp lump sculptures"); "and" between modifiers is kept
+    ("black and white photos"). Without a plural, it ends before an -ing word ("bottle package").
+    """
+    note = _DIGIT_NOTE_RE.match(right)
+    right = right[note.end():] if note else right
+    tokens = [(sep, word.lower()) for sep, word in _NEXT_TOKEN_RE.findall(right)[:10]]
+    if len(tokens) > 2 and tokens[0][1] == "of" and tokens[1][1] in _PARTITIVE:
+        tokens = tokens[2:]  # "seven of the American League players"
+    words: list[str] = []
+    for sep, word in tokens:
+        joins = word == _JOINER and words and not _has_plural(words)
+        if sep.strip() or (word in _PHRASE_STOP and not joins) or word.isdigit() or len(words) == 6:
+            break
+        words.append(word)
+    while words and words[-1] == _JOINER:
+        words.pop()
+    plural = next((i for i, w in enumerate(words) if _looks_plural(w)), None)
+    if plural is not None:
+        return _last_four(words[:plural + 1])  # "cute little girls" (having fun)
+    verb = next((i for i, w in enumerate(words) if i and len(w) > 4 and w.endswith("ing")), None)
+    return _last_four(words[:verb])  # "bottle package" (including ...)
+
+
+def _last_four(words: list[str]) -> list[str]:
+    content = [i for i, w in enumerate(words) if w != _JOINER]
+    return words[content[-4]:] if len(content) > 4 else words
+
+
+def _has_plural(words: list[str]) -> bool:
+    return any(_looks_plural(w) for w in words)
+
+
+def _looks_plural(word: str) -> bool:
+    if word in _IRREGULAR_PLURALS:
+        return True
+    singular_endings = ("ss", "us", "is", "'s", "’s")  # glass, bus, axis, dog's
+    return len(word) > 3 and word.endswith("s") and not word.endswith(singular_endings)

@@ -1,0 +1,148 @@
+"""Every read and write of files and objects: local paths, file:// and s3:// URIs, written atomically.
+
+Local writes go to a temporary sibling and are renamed into place, so a crash never leaves a half-
+written file under the final name. S3 PUTs are atomic by nature. The S3 client takes its endpoint and
+credentials from the environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... or an instance role):
+nothing here names a credential.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+
+def is_s3(uri: str | Path) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"{uri!r} is not an s3://bucket/key URI")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def local_path(uri: str | Path) -> Path:
+    """The filesystem path of a plain path or a file:// URI."""
+    text = str(uri)
+    if text.startswith("file://"):
+        return Path(unquote(urlparse(text).path))
+    if "://" in text:
+        raise ValueError(f"{text!r} is not a local path")
+    return Path(text)
+
+
+@lru_cache(maxsize=1)
+def s3_client():
+    import boto3  # imported here: most runs never touch S3
+
+    return boto3.client("s3")
+
+
+def read_bytes(uri: str | Path) -> bytes:
+    if is_s3(uri):
+        bucket, key = split_s3(str(uri))
+        client = s3_client()
+        try:
+            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except client.exceptions.NoSuchKey:
+            raise FileNotFoundError(f"{uri} does not exist") from None
+    return local_path(uri).read_bytes()
+
+
+def write_bytes(uri: str | Path, data: bytes) -> None:
+    """Write all of ``data`` or nothing under ``uri``."""
+    if is_s3(uri):
+        bucket, key = split_s3(str(uri))
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    path = local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(uri: str | Path, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def exists(uri: str | Path) -> bool:
+    if is_s3(uri):
+        bucket, key = split_s3(str(uri))
+        client = s3_client()
+        try:
+            client.head_object(Bucket=bucket, Key=key)
+            return True
+        except client.exceptions.ClientError:
+            return False
+    return local_path(uri).exists()
+
+
+def list_objects(prefix: str) -> list[str]:
+    """Full URIs of the objects under an s3:// prefix, or the files under a local folder, sorted."""
+    if is_s3(prefix):
+        bucket, key = split_s3(prefix)
+        key = key.rstrip("/") + "/" if key else ""
+        paginator = s3_client().get_paginator("list_objects_v2")
+        return sorted(
+            f"s3://{bucket}/{obj['Key']}"
+            for page in paginator.paginate(Bucket=bucket, Prefix=key)
+            for obj in page.get("Contents", [])
+        )
+    root = local_path(prefix)
+    return sorted(str(p) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+
+
+def local_copy(uri: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """A local file holding ``uri``: the path itself, or an S3 object downloaded once into the cache."""
+    if not is_s3(uri):
+        path = local_path(uri)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        return path
+    cache = Path(cache_dir or os.environ.get("COUNTCLIP_CACHE") or Path(tempfile.gettempdir()) / "countclip-cache")
+    name = hashlib.sha256(str(uri).encode()).hexdigest()[:16] + "-" + Path(split_s3(str(uri))[1]).name
+    path = cache / "s3" / name
+    if not path.exists():
+        write_bytes(path, read_bytes(uri))
+    return path
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

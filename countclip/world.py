@@ -1,0 +1,219 @@
+"""CountWorld: the synthetic counting world that every offline run uses.
+
+A scene is a plain background (one of several colours and textures) holding 1..10 non-overlapping
+objects of one shape class and colour, optionally with distractor objects of another shape. Scenes are
+drawn from a seeded generator, so the same seed gives the same world on every machine. Each scene
+comes with exact boxes (for training a detector) and captions from varied templates, with or without
+a spelled count.
+
+The world is deliberately diverse (shapes x colours x sizes x backgrounds x textures x templates gives
+tens of thousands of caption contents): in a fine-tuning batch, two captions that differ only in the
+number word are then rare, as in LAION, so a model can only learn to count from a loss that asks it to.
+Files for the data pipeline (a LAION-style parquet source with realistic noise, and a CountBench-format
+benchmark) are written by ``countclip.world_files``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from countclip.numbers import NUMBER_WORDS
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "cross", "hexagon", "heart")
+PLURALS: dict[str, str] = {shape: shape + "s" for shape in SHAPES} | {"cross": "crosses"}
+OBJECT_COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 90, 240),
+    "yellow": (245, 225, 40),
+    "orange": (250, 140, 20),
+    "purple": (160, 60, 210),
+    "white": (250, 250, 250),
+    "pink": (250, 130, 200),
+}
+BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {
+    "grey": (110, 110, 110),
+    "black": (15, 15, 20),
+    "brown": (100, 65, 35),
+    "navy": (20, 30, 90),
+    "olive": (90, 100, 30),
+    "teal": (20, 100, 100),
+    "maroon": (100, 20, 35),
+    "beige": (200, 185, 150),
+}
+TEXTURES: tuple[str, ...] = ("plain", "striped", "dotted", "checked")
+SIZES: dict[str, tuple[float, float]] = {"small": (0.045, 0.06), "large": (0.07, 0.09)}  # radius / side
+WORD_FOR_COUNT: dict[int, str] = {n: w for w, n in NUMBER_WORDS.items()}
+
+# {q} is the quantity slot: a number word for counting captions, a vague quantifier otherwise.
+TEMPLATES: tuple[str, ...] = (
+    "{q} {size} {colour} {shapes} on a {texture} {bg} background",
+    "a photo of {q} {colour} {shapes} on {texture} {bg}",
+    "{q} {colour} {shapes}, {texture} {bg} background",
+    "there are {q} {colour} {shapes} on the {bg} {texture} background",
+    "an image with {q} {size} {colour} {shapes} over a {bg} backdrop",
+    "{texture} {bg} wallpaper with {q} {colour} {shapes}",
+    "a picture of {q} {size} {shapes} in {colour} on {bg}",
+)
+VAGUE_QUANTITIES: tuple[str, ...] = ("some", "several", "a few", "a group of", "many", "")
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One CountWorld image: what is drawn and where."""
+
+    shape: str
+    colour: str
+    size: str
+    background: str
+    texture: str
+    boxes: tuple[tuple[float, float, float, float], ...]  # counted objects, (x0, y0, x1, y1) in [0, 1]
+    distractor_shape: str | None = None
+    distractor_boxes: tuple[tuple[float, float, float, float], ...] = field(default=())
+
+    @property
+    def count(self) -> int:
+        return len(self.boxes)
+
+
+def sample_scene(
+    rng: np.random.Generator,
+    count: int,
+    *,
+    distractors: int = 0,
+    shape: str | None = None,
+) -> Scene:
+    """Draw a scene with ``count`` objects of one class (and optional distractors of another)."""
+    if not 1 <= count <= 10:
+        raise ValueError(f"CountWorld scenes hold 1..10 counted objects, got {count}")
+    shape = shape or SHAPES[rng.integers(len(SHAPES))]
+    colour = list(OBJECT_COLOURS)[rng.integers(len(OBJECT_COLOURS))]
+    size = list(SIZES)[rng.integers(len(SIZES))]
+    background = list(BACKGROUND_COLOURS)[rng.integers(len(BACKGROUND_COLOURS))]
+    texture = TEXTURES[rng.integers(len(TEXTURES))]
+    other = [s for s in SHAPES if s != shape][rng.integers(len(SHAPES) - 1)] if distractors else None
+    radii = rng.uniform(*SIZES[size], size=count + distractors)
+    centres = _place(rng, radii)
+    boxes = tuple(_box(c, r) for c, r in zip(centres, radii))
+    return Scene(shape, colour, size, background, texture, boxes[:count], other, boxes[count:])
+
+
+def _place(rng: np.random.Generator, radii: np.ndarray, gap: float = 0.02) -> np.ndarray:
+    """Non-overlapping centres in [0, 1]^2 by rejection; restarts if the layout gets stuck."""
+    for _ in range(100):
+        centres: list[np.ndarray] = []
+        for r in radii:
+            for _ in range(200):
+                c = rng.uniform(r + 0.01, 1 - r - 0.01, size=2)
+                if all(np.hypot(*(c - o)) > r + ro + gap for o, ro in zip(centres, radii)):
+                    centres.append(c)
+                    break
+            else:
+                break
+        if len(centres) == len(radii):
+            return np.array(centres)
+    raise RuntimeError("could not place CountWorld objects without overlap")
+
+
+def _box(centre: np.ndarray, radius: float) -> tuple[float, float, float, float]:
+    x, y = float(centre[0]), float(centre[1])
+    return (x - radius, y - radius, x + radius, y + radius)
+
+
+def render(scene: Scene, image_size: int) -> np.ndarray:
+    """Draw the scene as an (H, W, 3) uint8 array."""
+    image = Image.new("RGB", (image_size, image_size), BACKGROUND_COLOURS[scene.background])
+    draw = ImageDraw.Draw(image)
+    _draw_texture(draw, scene.texture, BACKGROUND_COLOURS[scene.background], image_size)
+    colour = OBJECT_COLOURS[scene.colour]
+    for box in scene.boxes:
+        _draw_shape(draw, scene.shape, box, colour, image_size)
+    if scene.distractor_shape:
+        for box in scene.distractor_boxes:
+            _draw_shape(draw, scene.distractor_shape, box, colour, image_size)
+    return np.asarray(image)
+
+
+def _draw_texture(draw: ImageDraw.ImageDraw, texture: str, rgb: tuple[int, int, int], size: int) -> None:
+    # A lighter shade of the background, so textures never look like objects.
+    shade = tuple(min(255, int(c * 1.35) + 18) for c in rgb)
+    step = max(4, size // 8)
+    if texture == "striped":
+        for x in range(0, size, step):
+            draw.rectangle([x, 0, x + step // 3, size], fill=shade)
+    elif texture == "dotted":
+        for x in range(step // 2, size, step):
+            for y in range(step // 2, size, step):
+                draw.point([(x, y)], fill=shade)
+    elif texture == "checked":
+        for x in range(0, size, step):
+            for y in range(0, size, step):
+                if (x // step + y // step) % 2:
+                    draw.rectangle([x, y, x + step - 1, y + step - 1], fill=shade)
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box, rgb, size: int) -> None:
+    x0, y0, x1, y1 = (v * size for v in box)
+    cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+    if shape == "circle":
+        draw.ellipse([x0, y0, x1, y1], fill=rgb)
+    elif shape == "square":
+        inset = r * 0.15
+        draw.rectangle([x0 + inset, y0 + inset, x1 - inset, y1 - inset], fill=rgb)
+    elif shape == "cross":
+        w = r * 0.35
+        draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=rgb)
+        draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=rgb)
+    elif shape == "heart":
+        h = r * 0.5
+        draw.ellipse([cx - r, cy - r * 0.8, cx, cy + r * 0.2], fill=rgb)
+        draw.ellipse([cx, cy - r * 0.8, cx + r, cy + r * 0.2], fill=rgb)
+        draw.polygon([(cx - r, cy - h * 0.2), (cx + r, cy - h * 0.2), (cx, cy + r)], fill=rgb)
+    else:
+        draw.polygon(_polygon(shape, cx, cy, r), fill=rgb)
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    if shape == "triangle":
+        angles, radii = [90, 210, 330], [r] * 3
+    elif shape == "diamond":
+        angles, radii = [90, 180, 270, 0], [r, r * 0.7, r, r * 0.7]
+    elif shape == "hexagon":
+        angles, radii = list(range(0, 360, 60)), [r] * 6
+    elif shape == "star":
+        angles, radii = list(range(90, 450, 36)), [r if i % 2 == 0 else r * 0.45 for i in range(10)]
+    else:
+        raise ValueError(f"unknown CountWorld shape {shape!r}")
+    return [
+        (cx + rad * math.cos(math.radians(a)), cy - rad * math.sin(math.radians(a)))
+        for a, rad in zip(angles, radii)
+    ]
+
+
+def caption(scene: Scene, rng: np.random.Generator, *, with_count: bool) -> str:
+    """A caption for the scene; with_count spells the count (which must be 2..10)."""
+    if with_count:
+        if scene.count not in WORD_FOR_COUNT:
+            raise ValueError(f"a counting caption needs 2..10 objects, the scene has {scene.count}")
+        quantity = WORD_FOR_COUNT[scene.count]
+    else:
+        quantity = VAGUE_QUANTITIES[rng.integers(len(VAGUE_QUANTITIES))]
+    template = TEMPLATES[rng.integers(len(TEMPLATES))]
+    text = template.format(
+        q=quantity,
+        size=scene.size,
+        colour=scene.colour,
+        shapes=PLURALS[scene.shape],
+        texture=scene.texture,
+        bg=scene.background,
+    )
+    return " ".join(text.split())  # an empty quantity leaves a double space
+
+
+def zeroshot_prompts(shape: str) -> list[str]:
+    """Prompts of the kind CountWorld captions use, for zero-shot shape classification."""
+    return [f"a photo of {PLURALS[shape]}", f"some {PLURALS[shape]}", f"a picture of {PLURALS[shape]}"]
