@@ -24,7 +24,7 @@ from countclip.data.loader import TrainingSet
 from countclip.evaluate import evaluate_countbench, save_confusion_png, zeroshot_accuracy
 from countclip.model import ModelConfig, create_model, export_checkpoint
 from countclip.train import LossConfig, OptimConfig, TrainConfig, train
-from countclip.world import SHAPES, caption, render, sample_scene, zeroshot_prompts
+from countclip.world import ZEROSHOT_TASKS, CaptionStyle, caption, render, sample_scene, zeroshot_prompts
 from countclip.world_files import write_benchmark
 
 VARIANTS = ("base", "control", "countclip")
@@ -43,7 +43,18 @@ class ExperimentWorldConfig(ConfigBase):
     benchmark_per_count: int = 50
     """Held-out benchmark images per count 2..10."""
     zeroshot_images: int = 800
-    """Held-out images for zero-shot shape classification."""
+    """Held-out images for zero-shot classification of shape, object colour and background."""
+    numerosity_words: bool = False
+    """Count-free captions use vague numerosity words that match the scene ("a few", "many")."""
+    sparse_captions: bool = True
+    """Count-free captions drop colour/backdrop/size words at web-like rates (CaptionStyle)."""
+    same_size: bool = True
+    """All objects of a scene share one radius (else each object draws its own)."""
+
+    def style(self) -> CaptionStyle:
+        if self.sparse_captions:
+            return CaptionStyle(numerosity=self.numerosity_words)
+        return CaptionStyle(numerosity=self.numerosity_words, keep_colour=1.0, keep_backdrop=1.0, keep_size=0.5)
 
     def __post_init__(self) -> None:
         require(self.image_size >= 32, f"world.image_size must be >= 32, got {self.image_size}")
@@ -58,8 +69,8 @@ def _pretrain_default() -> TrainConfig:
 
 
 def _finetune_default() -> TrainConfig:
-    return TrainConfig(steps=700, batch_size=64, counting_fraction=0.25,
-                       optim=OptimConfig(lr=1e-3, warmup_steps=50), loss=LossConfig(count_lambda=5.0))
+    return TrainConfig(steps=1000, batch_size=64, counting_fraction=0.4,
+                       optim=OptimConfig(lr=1e-3, warmup_steps=50), loss=LossConfig(count_lambda=10.0))
 
 
 @dataclass
@@ -70,6 +81,8 @@ class ExperimentConfig(ConfigBase):
     """Output folder: report.json, confusion PNGs, benchmark, checkpoints."""
     threads: int = 2
     """torch CPU threads."""
+    device: str = "cpu"
+    """Where to train and evaluate: cpu, cuda or cuda:N."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Architecture of the small CLIP (random init; pretrained here)."""
     world: ExperimentWorldConfig = field(default_factory=ExperimentWorldConfig)
@@ -82,27 +95,39 @@ class ExperimentConfig(ConfigBase):
         require(self.pretrain.loss.count_lambda == 0, "pretrain.loss.count_lambda must be 0: the base model sees no counts")
         require(self.finetune.loss.count_lambda > 0, "finetune.loss.count_lambda must be > 0, else CountCLIP equals the control")
         require(self.finetune.counting_fraction is not None, "finetune.counting_fraction must be set (e.g. 0.25)")
+        require(self.device == "cpu" or self.device.startswith("cuda"), f"device must be cpu or cuda[:N], got {self.device!r}")
 
 
-def world_training_set(seed: int, n: int, image_size: int, counting_share: float) -> TrainingSet:
+def world_training_set(seed: int, n: int, image_size: int, counting_share: float,
+                       style: CaptionStyle | None = None, same_size: bool = False) -> TrainingSet:
     """``n`` CountWorld rows; a ``counting_share`` of them with counting captions (counts 2..10)."""
     rng = np.random.default_rng(seed)
     images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
     captions, counts = [], np.zeros(n, dtype=np.int64)
     for i in range(n):
         counting = rng.random() < counting_share
-        scene = sample_scene(rng, int(rng.integers(2, 11) if counting else rng.integers(1, 11)))
+        scene = sample_scene(rng, int(rng.integers(2, 11) if counting else rng.integers(1, 11)), same_size=same_size)
         images[i] = render(scene, image_size)
-        captions.append(caption(scene, rng, with_count=counting))
+        captions.append(caption(scene, rng, with_count=counting, style=style or CaptionStyle()))
         counts[i] = scene.count if counting else 0
     return TrainingSet(images, captions, counts)
 
 
-def zeroshot_set(seed: int, n: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def zeroshot_set(seed: int, n: int, image_size: int, same_size: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Held-out images and their class index for each zero-shot task (shape, colour, background)."""
     rng = np.random.default_rng(seed)
-    labels = rng.integers(len(SHAPES), size=n)
-    images = np.stack([render(sample_scene(rng, int(rng.integers(1, 11)), shape=SHAPES[k]), image_size) for k in labels])
+    scenes = [sample_scene(rng, int(rng.integers(1, 11)), same_size=same_size) for _ in range(n)]
+    images = np.stack([render(scene, image_size) for scene in scenes])
+    labels = {task: np.array([classes.index(getattr(s, task)) for s in scenes]) for task, classes in ZEROSHOT_TASKS.items()}
     return images, labels
+
+
+def zeroshot_by_task(model, tokenizer, images: torch.Tensor, labels: dict[str, np.ndarray], device) -> dict[str, float]:
+    return {
+        task: zeroshot_accuracy(model, tokenizer, images, labels[task],
+                                [zeroshot_prompts(task, value) for value in classes], device=device)
+        for task, classes in ZEROSHOT_TASKS.items()
+    }
 
 
 def _to_model_input(images: np.ndarray) -> torch.Tensor:
@@ -120,39 +145,43 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
     t0 = time.perf_counter()
     w = cfg.world
     echo(f"[world] seed {cfg.seed}: {w.pretrain_images} pretraining, {w.finetune_images} fine-tuning images")
-    pretrain_data = world_training_set(cfg.seed * 7919 + 1, w.pretrain_images, w.image_size, counting_share=0.0)
-    finetune_data = world_training_set(cfg.seed * 7919 + 2, w.finetune_images, w.image_size, w.counting_share)
+    pretrain_data = world_training_set(cfg.seed * 7919 + 1, w.pretrain_images, w.image_size, 0.0, w.style(), w.same_size)
+    finetune_data = world_training_set(cfg.seed * 7919 + 2, w.finetune_images, w.image_size, w.counting_share,
+                                       w.style(), w.same_size)
     bench_file = write_benchmark(out / "benchmark", seed=cfg.seed * 7919 + 3, per_count=w.benchmark_per_count,
-                                 image_size=w.image_size)
-    zs_images, zs_labels = zeroshot_set(cfg.seed * 7919 + 4, w.zeroshot_images, w.image_size)
+                                 image_size=w.image_size, same_size=w.same_size)
+    zs_images, zs_labels = zeroshot_set(cfg.seed * 7919 + 4, w.zeroshot_images, w.image_size, w.same_size)
+    zs_inputs = _to_model_input(zs_images)
     echo(f"[world] ready in {time.perf_counter() - t0:.0f}s; benchmark {bench_file}")
 
     torch.manual_seed(cfg.seed)
-    model, preprocess, tokenizer = create_model(cfg.model)
-    _train_stage("pretrain", cfg.pretrain.replace(seed=cfg.seed), model, tokenizer, pretrain_data, echo)
+    device = cfg.device
+    model, preprocess, tokenizer = create_model(cfg.model, device)
+    _train_stage("pretrain", cfg.pretrain.replace(seed=cfg.seed), model, tokenizer, pretrain_data, echo, device)
     base_path = out / "checkpoints" / "base.pt"
     export_checkpoint(model, base_path)
 
     results: dict[str, dict] = {}
     for name in VARIANTS:
         if name != "base":
-            model, preprocess, tokenizer = create_model(cfg.model.replace(pretrained=str(base_path)))
+            model, preprocess, tokenizer = create_model(cfg.model.replace(pretrained=str(base_path)), device)
             ft = cfg.finetune.replace(seed=cfg.seed)
             if name == "control":
                 ft = ft.replace(loss=ft.loss.replace(count_lambda=0.0))
-            result = _train_stage(name, ft, model, tokenizer, finetune_data, echo)
+            result = _train_stage(name, ft, model, tokenizer, finetune_data, echo, device)
             export_checkpoint(model, out / "checkpoints" / f"{name}.pt")
-        report = evaluate_countbench(model, tokenizer, preprocess, bench_file)
-        zs = zeroshot_accuracy(model, tokenizer, _to_model_input(zs_images), zs_labels,
-                               [zeroshot_prompts(s) for s in SHAPES])
+        report = evaluate_countbench(model, tokenizer, preprocess, bench_file, device=device)
+        zs_tasks = zeroshot_by_task(model, tokenizer, zs_inputs, zs_labels, device)
+        zs = float(np.mean(list(zs_tasks.values())))
         save_confusion_png(report.confusion, out / f"confusion_{name}.png",
                            f"{name}: count accuracy {report.accuracy:.1%}")
-        results[name] = {"count_accuracy": report.accuracy, "zeroshot_accuracy": zs,
+        results[name] = {"count_accuracy": report.accuracy, "zeroshot_accuracy": zs, "zeroshot_by_task": zs_tasks,
                          "per_count_accuracy": {str(k): v for k, v in report.per_count_accuracy.items()},
                          "macro_f1": report.macro_f1, "scored": report.scored, "missing": report.missing}
         if name == "control":
             results[name]["count_only_negatives_per_image"] = result.count_only_negatives
-        echo(f"[eval] {name}: count accuracy {report.accuracy:.1%}, zero-shot {zs:.1%}")
+        by_task = ", ".join(f"{task} {acc:.1%}" for task, acc in zs_tasks.items())
+        echo(f"[eval] {name}: count accuracy {report.accuracy:.1%}, zero-shot {zs:.1%} ({by_task})")
 
     report = {"seed": cfg.seed, "seconds": round(time.perf_counter() - t0, 1), **results,
               "gain_over_control": results["countclip"]["count_accuracy"] - results["control"]["count_accuracy"],
@@ -163,13 +192,13 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
     return report
 
 
-def _train_stage(name: str, cfg: TrainConfig, model, tokenizer, data: TrainingSet, echo):
+def _train_stage(name: str, cfg: TrainConfig, model, tokenizer, data: TrainingSet, echo, device="cpu"):
     def log(step: int, row: dict[str, float]) -> None:
         terms = " ".join(f"{k}={row[k]:.3f}" for k in ("clip_loss", "count_loss") if k in row)
         echo(f"[{name}] step {step}/{cfg.steps} {terms} {row['samples_per_s']:.0f} samples/s")
 
     tic = time.perf_counter()
-    result = train(cfg, model, tokenizer, data, log=log)
+    result = train(cfg, model, tokenizer, data, log=log, device=device)
     echo(f"[{name}] done in {time.perf_counter() - tic:.0f}s")
     return result
 

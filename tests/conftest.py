@@ -1,0 +1,79 @@
+"""Shared fixtures. The libraries' offline switches are set before any test imports them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from countclip.environment import configure_environment
+
+configure_environment(Path(tempfile.gettempdir()) / "countclip-test-cache", offline=True)
+
+REPO = Path(__file__).resolve().parents[1]
+COUNTBENCH = Path(os.environ.get("COUNTCLIP_COUNTBENCH", REPO.parent / "shared/countbench/CountBench.json"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """(model, preprocess, tokenizer) of the random-init countclip-tiny architecture."""
+    import torch
+
+    from countclip.model import ModelConfig, create_model
+
+    torch.manual_seed(0)
+    return create_model(ModelConfig(arch="countclip-tiny"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 endpoint (moto's server) on 127.0.0.1 for the session; yields its URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("moto server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch):
+    """Point boto3 at the local endpoint with throwaway test keys; yields a fresh bucket name."""
+    import uuid
+
+    from countclip import storage
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-only")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-only")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    storage.s3_client.cache_clear()
+    bucket = f"bucket-{uuid.uuid4().hex[:8]}"
+    storage.s3_client().create_bucket(Bucket=bucket)
+    yield bucket
+    storage.s3_client.cache_clear()

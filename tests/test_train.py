@@ -1,0 +1,85 @@
+import shutil
+
+import pytest
+import torch
+
+from countclip import checkpoint
+from countclip.experiment import world_training_set
+from countclip.model import ModelConfig, create_model
+from countclip.train import LossConfig, OptimConfig, TrainConfig, build_scheduler, train
+
+
+@pytest.fixture(scope="module")
+def small_set():
+    return world_training_set(seed=11, n=96, image_size=64, counting_share=0.4)
+
+
+def fresh_model():
+    torch.manual_seed(0)
+    return create_model(ModelConfig(arch="countclip-tiny"))
+
+
+def config(**changes):
+    base = TrainConfig(steps=6, batch_size=16, counting_fraction=0.25, log_every=1, seed=3,
+                       optim=OptimConfig(lr=5e-4, warmup_steps=2), loss=LossConfig(count_lambda=2.0))
+    return base.replace(**changes)
+
+
+def test_loss_terms_are_logged_and_training_reduces_the_loss(small_set):
+    model, _, tokenizer = fresh_model()
+    rows = []
+    result = train(config(steps=12, optim=OptimConfig(lr=2e-3, warmup_steps=1)), model, tokenizer, small_set,
+                   log=lambda step, row: rows.append((step, row)))
+    assert [s for s, _ in rows] == list(range(1, 13))
+    assert {"clip_loss", "count_loss", "loss", "lr", "samples_per_s", "logit_scale"} <= set(rows[0][1])
+    first, last = rows[0][1], rows[-1][1]
+    assert last["loss"] < first["loss"]
+    assert rows[0][1]["loss"] == pytest.approx(rows[0][1]["clip_loss"] + rows[0][1]["count_loss"], rel=1e-5)
+    assert result.steps == 12 and result.count_only_negatives >= 0
+
+
+def test_control_has_no_counting_term(small_set):
+    model, _, tokenizer = fresh_model()
+    result = train(config(steps=2, loss=LossConfig(count_lambda=0.0)), model, tokenizer, small_set)
+    assert "count_loss" not in result.history[-1]
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(small_set, tmp_path):
+    model_a, _, tokenizer = fresh_model()
+    train(config(), model_a, tokenizer, small_set)
+
+    model_b, _, _ = fresh_model()
+    run_dir = tmp_path / "ckpt"
+    train(config(checkpoint_dir=str(run_dir), checkpoint_every=3), model_b, tokenizer, small_set)
+    assert checkpoint.latest(run_dir).name == "step_00000006"
+    shutil.rmtree(run_dir / "step_00000006")  # the crash: the last save never happened
+    (run_dir / "step_00000006").mkdir()  # ...and a half-written folder without its marker is left
+    assert checkpoint.latest(run_dir).name == "step_00000003"
+
+    model_c, _, _ = fresh_model()
+    resumed = train(config(checkpoint_dir=str(run_dir), checkpoint_every=3), model_c, tokenizer, small_set)
+    assert resumed.steps == 3 and [r["step"] for r in resumed.history] == [4, 5, 6]
+    for (name, a), (_, c) in zip(model_a.state_dict().items(), model_c.state_dict().items()):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_schedule_warms_up_then_decays():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, OptimConfig(lr=1.0, warmup_steps=4, min_lr_ratio=0.1), steps=20)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert all(b <= a for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] == pytest.approx(0.1, abs=0.02)
+
+
+def test_incomplete_checkpoint_is_refused(tmp_path):
+    model, _, _ = fresh_model()
+    (tmp_path / "step_00000001").mkdir()
+    opt = torch.optim.AdamW(model.parameters())
+    sched = build_scheduler(opt, OptimConfig(), 10)
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        checkpoint.load(tmp_path / "step_00000001", model, opt, sched)
+    assert checkpoint.latest(tmp_path) is None
