@@ -2,8 +2,9 @@
 
 The same code saves a single-process model and an FSDP-sharded one (each rank writes its shards).
 A checkpoint folder is complete only once ``step.json`` is in it, written last, so a crash mid-save
-never leaves a checkpoint that looks usable. Loading uses DCP's own format (no pickle of arbitrary
-objects) and the step marker is JSON.
+never leaves a checkpoint that looks usable. Non-tensor entries (optimizer hyper-parameters) are
+unpickled with ``weights_only=True`` (DCP's default planner would unpickle anything), and the step
+marker is JSON.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import json
 import shutil
 from pathlib import Path
 
+import io
+
+import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from countclip import storage
@@ -22,6 +27,19 @@ from countclip.distributed import is_distributed, is_main_process
 MARKER = "step.json"
 # FSDP1 needs flattened optimizer state for DCP (field notes); harmless for FSDP2, DDP and plain models.
 OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """DCP's planner, but bytes entries only unpickle plain data (weights_only=True)."""
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        obj = torch.load(value, weights_only=True)
+        if self.flatten_state_dict:
+            from torch.distributed.checkpoint._traverse import set_element
+
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
 
 
 def training_state(model: nn.Module, optimizer, scheduler) -> dict:
@@ -50,10 +68,24 @@ def load(folder: str | Path, model: nn.Module, optimizer, scheduler) -> dict:
     if not marker.is_file():
         raise FileNotFoundError(f"{folder} is not a complete checkpoint (no {MARKER})")
     state = training_state(model, optimizer, scheduler)
-    dcp.load(state, checkpoint_id=str(folder))
+    dcp.load(state, checkpoint_id=str(folder), planner=SafeLoadPlanner())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
                    options=OPTIONS)
     scheduler.load_state_dict(state["scheduler"])
+    return json.loads(marker.read_text())
+
+
+def load_model_weights(folder: str | Path, model: nn.Module) -> dict:
+    """Load only the model weights of a training checkpoint into an unsharded model (export, eval)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    folder = Path(folder)
+    marker = folder / MARKER
+    if not marker.is_file():
+        raise FileNotFoundError(f"{folder} is not a complete checkpoint (no {MARKER})")
+    state = {"model": get_model_state_dict(model)}
+    dcp.load(state, checkpoint_id=str(folder), planner=SafeLoadPlanner())
+    set_model_state_dict(model, state["model"])
     return json.loads(marker.read_text())
 
 

@@ -1,6 +1,9 @@
 """The ``countclip`` command. Thin: parse the config, call the library.
 
-    countclip experiment [--config FILE] [--seed N] [--out DIR] [field.sub=value ...]
+    countclip experiment     [--config FILE] [--seed N] [--out DIR] [field.sub=value ...]
+    countclip build-dataset  --config FILE [field.sub=value ...]
+    countclip world make-source --out DIR [--rows N] [--seed N]
+    countclip world train-verifier --out DIR [--epochs N] [--images N] [--seed N]
 """
 
 from __future__ import annotations
@@ -25,6 +28,36 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--seed", type=int, help="master seed (shortcut for seed=N)")
     exp.add_argument("--out", help="output folder (shortcut for out=DIR)")
     exp.set_defaults(run=_experiment)
+
+    build = commands.add_parser("build-dataset", help="build the verified counting dataset on Ray Data")
+    _add_config_args(build)
+    build.set_defaults(run=_build_dataset)
+
+    train = commands.add_parser("train", help="fine-tune with L_clip + lambda L_count on Ray Train (FSDP)")
+    _add_config_args(train)
+    train.set_defaults(run=_train)
+
+    world = commands.add_parser("world", help="CountWorld files: a noisy LAION-style source, the verifier")
+    world_commands = world.add_subparsers(dest="world_command", required=True)
+    source = world_commands.add_parser("make-source", help="write a noisy LAION-style parquet source + ground truth")
+    source.add_argument("--out", required=True)
+    source.add_argument("--rows", type=int, default=20000)
+    source.add_argument("--seed", type=int, default=0)
+    source.add_argument("--image-size", type=int, default=128)
+    source.set_defaults(run=_make_source)
+    clean = world_commands.add_parser("make-dataset", help="write a training dataset straight from CountWorld's truth")
+    clean.add_argument("--out", required=True)
+    clean.add_argument("--rows", type=int, default=4000)
+    clean.add_argument("--seed", type=int, default=0)
+    clean.add_argument("--image-size", type=int, default=64)
+    clean.set_defaults(run=_make_clean_dataset)
+    verifier = world_commands.add_parser("train-verifier", help="train the small YOLO that counts CountWorld objects")
+    verifier.add_argument("--out", required=True)
+    verifier.add_argument("--seed", type=int, default=0)
+    verifier.add_argument("--images", type=int, default=600)
+    verifier.add_argument("--epochs", type=int, default=100)
+    verifier.add_argument("--image-size", type=int, default=128)
+    verifier.set_defaults(run=_train_verifier)
     return parser
 
 
@@ -35,9 +68,50 @@ def _experiment(args: argparse.Namespace) -> int:
     overrides += [f"seed={args.seed}"] if args.seed is not None else []
     overrides += [f"out={args.out}"] if args.out else []
     cfg = ExperimentConfig.load(args.config, overrides)
-    report = run_experiment(cfg, echo=lambda line: print(line, flush=True))
+    run_experiment(cfg, echo=lambda line: print(line, flush=True))
     print(f"report: {cfg.out}/report.json")
-    return 0 if report else 1
+    return 0
+
+
+def _build_dataset(args: argparse.Namespace) -> int:
+    from countclip.data.build import BuildConfig, build_dataset
+
+    cfg = BuildConfig.load(args.config, list(args.overrides))
+    build_dataset(cfg, echo=lambda line: print(line, flush=True))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from countclip.trainer import TrainJobConfig, run_training
+
+    cfg = TrainJobConfig.load(args.config, list(args.overrides))
+    run_training(cfg, echo=lambda line: print(line, flush=True))
+    return 0
+
+
+def _make_clean_dataset(args: argparse.Namespace) -> int:
+    from countclip.world_files import write_clean_dataset
+
+    manifest = write_clean_dataset(args.out, seed=args.seed, rows=args.rows, image_size=args.image_size)
+    print(f"dataset: {args.out} ({manifest['rows_written']} rows)")
+    return 0
+
+
+def _make_source(args: argparse.Namespace) -> int:
+    from countclip.world_files import write_source
+
+    paths = write_source(args.out, seed=args.seed, rows=args.rows, image_size=args.image_size)
+    print(f"source: {paths['source']}\nground truth: {paths['truth']}")
+    return 0
+
+
+def _train_verifier(args: argparse.Namespace) -> int:
+    from countclip.verifier import train_countworld_verifier
+
+    path = train_countworld_verifier(args.out, seed=args.seed, images=args.images, epochs=args.epochs,
+                                     image_size=args.image_size)
+    print(f"verifier: {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"countclip: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, KeyError, PermissionError, ConnectionError) as exc:
         print(f"countclip: {exc}", file=sys.stderr)
         return 2
 

@@ -41,3 +41,58 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The residual blocks of both towers: FSDP's sharding units (one all-gather per block)."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    return [m for m in model.modules() if isinstance(m, ResidualAttentionBlock)]
+
+
+def shard_model(
+    model: nn.Module,
+    strategy: str,
+    device: torch.device,
+    *,
+    mixed_precision: bool = True,
+    activation_checkpointing: bool = False,
+) -> nn.Module:
+    """Wrap ``model`` for data-parallel training; the same call on CPU (gloo) and GPU (NCCL).
+
+    fsdp: FSDP2 ``fully_shard`` on every residual block of both towers, then on the root, so only one
+    block's full parameters exist at a time; bf16 compute with fp32 gradient reduction on GPU.
+    ddp: DistributedDataParallel (whole replicas; the baseline FSDP is measured against).
+    none: the model as is (single process).
+    Ray's ``prepare_model(parallel_strategy="fsdp")`` refuses CPU, hence this function.
+    """
+    if activation_checkpointing:
+        model.set_grad_checkpointing(True)
+    if strategy == "none":
+        return model
+    if not is_distributed():
+        raise RuntimeError(f"strategy {strategy!r} needs torch.distributed; start the process group first")
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if strategy != "fsdp":
+        raise ValueError(f"unknown strategy {strategy!r}; use fsdp, ddp or none")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+    mesh = init_device_mesh(device.type, (world_size(),))
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+              if mixed_precision and device.type == "cuda" else MixedPrecisionPolicy())
+    for block in transformer_blocks(model):
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    # Evaluation calls encode_image/encode_text directly; FSDP2 must gather parameters for them too.
+    register_fsdp_forward_method(model, "encode_image")
+    register_fsdp_forward_method(model, "encode_text")
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The open_clip model inside a DDP wrapper (FSDP2 keeps the module itself)."""
+    return getattr(model, "module", model)

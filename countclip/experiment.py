@@ -14,6 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -44,17 +45,19 @@ class ExperimentWorldConfig(ConfigBase):
     """Held-out benchmark images per count 2..10."""
     zeroshot_images: int = 800
     """Held-out images for zero-shot classification of shape, object colour and background."""
-    numerosity_words: bool = False
-    """Count-free captions use vague numerosity words that match the scene ("a few", "many")."""
+    numerosity_words: Literal["none", "pretrain", "all"] = "none"
+    """Where count-free captions use vague numerosity words matching the scene ("a few", "many"):
+    nowhere, in the pretraining captions only, or in pretraining and fine-tuning captions."""
     sparse_captions: bool = True
     """Count-free captions drop colour/backdrop/size words at web-like rates (CaptionStyle)."""
     same_size: bool = True
     """All objects of a scene share one radius (else each object draws its own)."""
 
-    def style(self) -> CaptionStyle:
+    def style(self, stage: Literal["pretrain", "finetune"]) -> CaptionStyle:
+        numerosity = self.numerosity_words == "all" or (self.numerosity_words == "pretrain" and stage == "pretrain")
         if self.sparse_captions:
-            return CaptionStyle(numerosity=self.numerosity_words)
-        return CaptionStyle(numerosity=self.numerosity_words, keep_colour=1.0, keep_backdrop=1.0, keep_size=0.5)
+            return CaptionStyle(numerosity=numerosity)
+        return CaptionStyle(numerosity=numerosity, keep_colour=1.0, keep_backdrop=1.0, keep_size=0.5)
 
     def __post_init__(self) -> None:
         require(self.image_size >= 32, f"world.image_size must be >= 32, got {self.image_size}")
@@ -145,9 +148,9 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
     t0 = time.perf_counter()
     w = cfg.world
     echo(f"[world] seed {cfg.seed}: {w.pretrain_images} pretraining, {w.finetune_images} fine-tuning images")
-    pretrain_data = world_training_set(cfg.seed * 7919 + 1, w.pretrain_images, w.image_size, 0.0, w.style(), w.same_size)
+    pretrain_data = world_training_set(cfg.seed * 7919 + 1, w.pretrain_images, w.image_size, 0.0, w.style("pretrain"), w.same_size)
     finetune_data = world_training_set(cfg.seed * 7919 + 2, w.finetune_images, w.image_size, w.counting_share,
-                                       w.style(), w.same_size)
+                                       w.style("finetune"), w.same_size)
     bench_file = write_benchmark(out / "benchmark", seed=cfg.seed * 7919 + 3, per_count=w.benchmark_per_count,
                                  image_size=w.image_size, same_size=w.same_size)
     zs_images, zs_labels = zeroshot_set(cfg.seed * 7919 + 4, w.zeroshot_images, w.image_size, w.same_size)

@@ -47,6 +47,18 @@ def s3_client():
     return boto3.client("s3")
 
 
+def arrow_filesystem(uri: str | Path):
+    """(pyarrow filesystem, path) for a URI; S3 honours AWS_ENDPOINT_URL like boto3 does."""
+    from pyarrow import fs
+
+    if is_s3(uri):
+        bucket, key = split_s3(str(uri))
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+        return fs.S3FileSystem(endpoint_override=endpoint, region=region), f"{bucket}/{key}"
+    return fs.LocalFileSystem(), str(local_path(uri))
+
+
 def read_bytes(uri: str | Path) -> bytes:
     if is_s3(uri):
         bucket, key = split_s3(str(uri))

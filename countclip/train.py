@@ -136,10 +136,19 @@ def train(
     data: TrainingSet,
     *,
     log: Callable[[int, dict[str, float]], None] | None = None,
-    on_checkpoint: Callable[[Path, int], None] | None = None,
+    on_checkpoint: Callable[[Path, int, list[dict[str, float]]], None] | None = None,
     device: torch.device | str = "cpu",
+    checkpoint_root: str | Path | None = None,
+    resume_from: str | Path | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place for ``cfg.steps`` steps on ``data``; resume from cfg.checkpoint_dir."""
+    """Train ``model`` in place for ``cfg.steps`` steps on ``data``.
+
+    Checkpoints go under ``checkpoint_root`` (default cfg.checkpoint_dir) every cfg.checkpoint_every
+    steps and at the end; ``on_checkpoint(folder, step, rows)`` then receives the metric rows logged
+    since the previous checkpoint, so a caller that publishes metrics only there publishes each step
+    exactly once even across a crash and resume. The run resumes from ``resume_from``, else from the
+    newest complete checkpoint under the root.
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -150,11 +159,12 @@ def train(
     sampler = MixedBatchSampler(data.counts, cfg.batch_size, cfg.counting_fraction, cfg.seed)
     builder = BatchBuilder(tokenizer, cfg.loss.counterfactuals, cfg.seed)
 
-    start = 0
-    if cfg.checkpoint_dir and (last := checkpoint.latest(cfg.checkpoint_dir)):
-        start = checkpoint.load(last, model, optimizer, scheduler)["step"]
+    root = checkpoint_root or cfg.checkpoint_dir
+    if resume_from is None and root:
+        resume_from = checkpoint.latest(root)
+    start = checkpoint.load(resume_from, model, optimizer, scheduler)["step"] if resume_from else 0
 
-    history, negatives = [], []
+    history, negatives, unpublished = [], [], []
     model.train()
     tic, seen = time.perf_counter(), 0
     for step in range(start, cfg.steps):
@@ -198,14 +208,14 @@ def train(
             seen = 0
             negatives.append(count_only_negatives(captions, data.counts[rows]))
             history.append({"step": done, **row})
+            unpublished.append(history[-1])
             if log:
                 log(done, row)
-        if cfg.checkpoint_dir and (
-            (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps
-        ):
-            folder = checkpoint.save(checkpoint.folder_for(cfg.checkpoint_dir, done), model, optimizer, scheduler, done)
+        if root and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps):
+            folder = checkpoint.save(checkpoint.folder_for(root, done), model, optimizer, scheduler, done)
             if on_checkpoint:
-                on_checkpoint(folder, done)
+                on_checkpoint(folder, done, unpublished)
+            unpublished = []
     return TrainResult(cfg.steps - start, history, float(np.mean(negatives)) if negatives else 0.0)
 
 

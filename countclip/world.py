@@ -212,7 +212,7 @@ class CaptionStyle:
     rates below, as web captions vary in detail, so that the shape word alone must often identify
     an image (a pretrained model then knows shapes, not only colours)."""
 
-    numerosity: bool = True  # count-free captions use vague words matching the scene ("a few", "many")
+    numerosity: bool = False  # count-free captions use vague words matching the scene ("a few", "many")
     keep_colour: float = 0.6
     keep_backdrop: float = 0.5
     keep_size: float = 0.3

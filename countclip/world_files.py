@@ -38,3 +38,96 @@ def write_benchmark(folder: str | Path, seed: int, per_count: int, image_size: i
                 entries.append({"image_url": name, "text": caption(scene, rng, with_count=True), "number": count})
         storage.write_text(tmp / "countworld_bench.json", json.dumps(entries, indent=1))
     return folder / "countworld_bench.json"
+
+
+# What the noisy source holds, as shares of its rows. Counting rows whose caption lies about the
+# count, number words that count nothing, unreadable and missing images, and empty captions are
+# the kinds of noise LAION holds; the ground truth beside the source says which row is which.
+SOURCE_MIX: dict[str, float] = {
+    "truthful": 0.34,  # a counting caption stating the true count
+    "lie": 0.10,  # a counting caption stating another count
+    "non_count": 0.05,  # a number word that counts nothing ("a three-year-old's drawing of ...")
+    "plain": 0.43,  # a caption without a count
+    "broken": 0.04,  # the image file is corrupt (truncated, empty, or HTML)
+    "missing": 0.03,  # the URL points at no file
+    "no_caption": 0.01,  # TEXT is null
+}
+NON_COUNT_PHRASES: tuple[str, ...] = (
+    "a three-year-old's drawing of {c}",
+    "{c}, a two-way view",
+    "{c} at ten o'clock",
+    "{c} for five dollars",
+    "episode two: {c}",
+    "{c} in three days",
+    "a two-tone print of {c}",
+)
+
+
+def write_source(folder: str | Path, seed: int, rows: int, image_size: int = 128, same_size: bool = True,
+                 distractor_share: float = 0.15) -> dict[str, Path]:
+    """A LAION-style noisy source: ``source.parquet`` (SAMPLE_ID, URL, TEXT, WIDTH, HEIGHT,
+    similarity; URLs are file:// paths to ``images/``), and ``truth.parquet`` with the ground truth
+    of every row (kind, true count of the named shape, the count the caption states). The folder
+    appears whole or not at all; the same seed gives the same files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from countclip.numbers import caption_variants
+
+    folder = Path(folder).resolve()
+    rng = np.random.default_rng(seed)
+    kinds, shares = list(SOURCE_MIX), np.array(list(SOURCE_MIX.values()))
+    source, truth = [], []
+    with storage.atomic_dir(folder) as tmp:
+        for i in range(rows):
+            kind = kinds[rng.choice(len(kinds), p=shares / shares.sum())]
+            counting = kind in ("truthful", "lie") or (kind in ("broken", "missing") and rng.random() < 0.5)
+            count = int(rng.integers(2, 11) if counting else rng.integers(1, 11))
+            distractors = int(rng.integers(1, 4)) if counting and rng.random() < distractor_share else 0
+            scene = sample_scene(rng, count, distractors=distractors, same_size=same_size)
+            text = caption(scene, rng, with_count=counting)
+            stated = count if counting else None
+            if kind == "lie":
+                stated = int(rng.choice([n for n in COUNTS if n != count]))
+                text = caption_variants(text, count)[stated]
+            elif kind == "non_count":
+                text = NON_COUNT_PHRASES[rng.integers(len(NON_COUNT_PHRASES))].format(c=text)
+            sample_id = f"cw{seed}-{i:07d}"
+            name = f"images/{sample_id}.png"
+            data = png_bytes(render(scene, image_size))
+            if kind == "broken":
+                data = [b"", data[: len(data) // 2], b"<html><body>404</body></html>"][rng.integers(3)]
+            if kind != "missing":
+                storage.write_bytes(tmp / name, data)
+            source.append({"SAMPLE_ID": sample_id, "URL": (folder / name).as_uri(),
+                           "TEXT": None if kind == "no_caption" else text, "WIDTH": image_size,
+                           "HEIGHT": image_size, "similarity": float(rng.uniform(0.28, 0.42))})
+            truth.append({"sample_id": sample_id, "kind": kind, "true_count": count, "stated_count": stated,
+                          "shape": scene.shape, "distractors": distractors})
+        pq.write_table(pa.Table.from_pylist(source), tmp / "source.parquet")
+        pq.write_table(pa.Table.from_pylist(truth), tmp / "truth.parquet")
+    return {"source": folder / "source.parquet", "truth": folder / "truth.parquet"}
+
+
+def write_clean_dataset(output: str, seed: int, rows: int, image_size: int = 64, counting_share: float = 0.4,
+                        rows_per_shard: int = 2000) -> dict:
+    """A training dataset straight from CountWorld's ground truth (no fetch, no verification): the
+    same shards and manifest the build writes, for tests and quick training runs."""
+    import pyarrow as pa
+
+    from countclip.data.shards import SHARD_SCHEMA, ShardConfig, write_dataset
+
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(rows):
+        counting = rng.random() < counting_share
+        scene = sample_scene(rng, int(rng.integers(2, 11) if counting else rng.integers(1, 11)), same_size=True)
+        records.append({
+            "sample_id": f"cw{seed}-{i:07d}", "url": "", "caption": caption(scene, rng, with_count=counting),
+            "caption_count": scene.count if counting else 0, "noun": "", "kind": "counting" if counting else "non_counting",
+            "detected_count": scene.count, "image": png_bytes(render(scene, image_size)),
+            "image_width": image_size, "image_height": image_size,
+        })
+    table = pa.Table.from_pylist(records, schema=SHARD_SCHEMA)
+    manifest = {"rows_in": rows, "rows_rejected": 0, "rejects": {}, "source": {"countworld_seed": seed}}
+    return write_dataset(output, table, manifest, ShardConfig(rows_per_shard=rows_per_shard))

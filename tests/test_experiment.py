@@ -66,12 +66,13 @@ def test_bad_configuration_exits_nonzero_with_a_clear_message(tmp_path, args, me
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3000)
 def test_counting_loss_beats_the_control_on_the_default_experiment(tmp_path):
     """The README's main job, as it runs: CountCLIP must beat the control clearly (issue #2 asks for
     25 points; the measured gap and its spread over seeds are in the README) while keeping zero-shot
     accuracy within 3 points."""
     out = tmp_path / "full"
-    proc = run_cli("experiment", "--seed", "0", "--out", str(out), timeout=1500)
+    proc = run_cli("experiment", "--seed", "0", "--out", str(out), timeout=2900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["gain_over_control"] >= 0.10, report

@@ -22,10 +22,7 @@ from countclip.numbers import (
     parse_captions,
 )
 
-COUNTBENCH = Path(
-    os.environ.get("COUNTCLIP_COUNTBENCH")
-    or Path(__file__).resolve().parents[2] / "shared/countbench/CountBench.json"
-)
+from .conftest import COUNTBENCH
 
 COUNTED = [
     ("three red circles on a blue background", 3),

@@ -178,3 +178,39 @@ def count_only_negatives(captions: list[str], counts: np.ndarray) -> float:
     per_key = Counter(k for k in keys if k is not None)
     rows = [per_key[k] - by_key[(k, int(c))] for k, c in zip(keys, counts) if k is not None]
     return float(np.mean(rows)) if rows else 0.0
+
+
+def load_training_set(dataset: str, image_size: int, limit: int | None = None) -> TrainingSet:
+    """Decode a built dataset's shards into memory, images resized (bicubic) to ``image_size``.
+
+    Every row of a shard was fetched and verified, so an undecodable image here means the files
+    were changed after the build: that is an error, not a skip.
+    """
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from countclip import storage
+    from countclip.data.shards import read_manifest, shard_uris
+
+    manifest = read_manifest(dataset)
+    uris = shard_uris(dataset, manifest)
+    if not manifest["shards"] or manifest["rows_written"] == 0:
+        raise ValueError(f"dataset {dataset} has no rows")
+    images, captions, counts = [], [], []
+    for uri in uris:
+        filesystem, path = storage.arrow_filesystem(uri)
+        table = pq.read_table(path, filesystem=filesystem, columns=["image", "caption", "caption_count", "kind"])
+        for data, text, count, kind in zip(*(table.column(c).to_pylist() for c in table.column_names)):
+            try:
+                with Image.open(io.BytesIO(data)) as image:
+                    pixels = image.convert("RGB").resize((image_size, image_size), Image.Resampling.BICUBIC)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"shard {uri} holds an undecodable image: {exc}") from None
+            images.append(np.asarray(pixels))
+            captions.append(text)
+            counts.append(int(count) if kind == "counting" else 0)
+            if limit and len(captions) >= limit:
+                break
+    return TrainingSet(np.stack(images), captions, np.array(counts))

@@ -1,0 +1,348 @@
+"""The dataset build on Ray Data: source parquet -> captions -> fetch -> verify -> staged rows,
+then balance -> shards + manifest.
+
+    rows = read_parquet(source)                      # local paths or s3://, projected columns
+      .map_batches(CaptionFilter)                    # vectorised number-word parse; rejects folded
+      .map_batches(FetchStage, actor pool)           # many fetches in flight per actor (I/O bound)
+      .map_batches(VerifyStage, actor pool, GPUs)    # Ultralytics YOLO, loaded once per actor
+      .map_batches(StageWriter)                      # ok rows -> staging parquet; returns tallies
+
+The tallies come back to the driver (small), which balances the staged rows and writes the final
+shards and manifest (``countclip.data.shards``). Every source row ends in exactly one place: a
+written row, or a reject counted under its stage and reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from countclip import storage
+from countclip.config import ConfigBase, require
+from countclip.data.captions import CaptionConfig, CaptionFilter, check_columns
+from countclip.data.fetch import FetchConfig, ImageFetcher
+from countclip.data.shards import ShardConfig, select_rows, write_dataset
+from countclip.data.verify import VerifyConfig, YoloVerifier
+
+
+@dataclass
+class ClusterConfig(ConfigBase):
+    address: str | None = None
+    """Ray cluster address; null starts (or joins, under `ray job submit`) the local/default one."""
+    local_cpus: int | None = None
+    """CPUs of a Ray instance started here (null: all)."""
+    fetch_actors: int = 2
+    """Fetch actors (each runs fetch.threads downloads at once)."""
+    fetch_cpus: float = 0.25
+    """CPUs reserved per fetch actor (fractional: fetching waits on the network)."""
+    verify_actors: int = 1
+    """YOLO actors; each loads the model once."""
+    verify_cpus: float = 0.5
+    """CPUs reserved per YOLO actor (fractional, so read and fetch tasks still schedule on small nodes)."""
+    verify_gpus: float = 0.0
+    """GPUs per YOLO actor (e.g. 0.25 packs four actors on one GPU); 0 runs on CPU."""
+    batch_rows: int = 256
+    """Rows per batch between stages."""
+    spread: bool = True
+    """Spread the actors over the cluster's nodes rather than packing them."""
+
+    def __post_init__(self) -> None:
+        for name in ("fetch_actors", "verify_actors", "batch_rows"):
+            require(getattr(self, name) > 0, f"cluster.{name} must be positive")
+        for name in ("fetch_cpus", "verify_cpus", "verify_gpus"):
+            require(getattr(self, name) >= 0, f"cluster.{name} must be >= 0")
+
+
+@dataclass
+class BuildConfig(ConfigBase):
+    source: list[str] = field(default_factory=list)
+    """Parquet files or folders/prefixes of them (local paths or s3://)."""
+    output: str = "runs/dataset"
+    """Where the dataset (shards/ + manifest.json) goes: a local folder or an s3:// prefix."""
+    captions: CaptionConfig = field(default_factory=CaptionConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    ground_truth: str | None = None
+    """CountWorld truth.parquet: score the verifier's keep/reject decisions against it."""
+
+    def __post_init__(self) -> None:
+        require(bool(self.source), "source must list at least one parquet file or folder")
+        require(bool(self.output), "output must name a folder or s3:// prefix")
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.to_yaml().encode()).hexdigest()[:16]
+
+
+class FetchStage:
+    """Fetch the images of rows still ok; rows already rejected pass through untouched."""
+
+    def __init__(self, cfg: FetchConfig):
+        self.fetcher = ImageFetcher(cfg.replace(url_column="url"))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = batch["status"] == "ok"
+        n = len(ok)
+        out = dict(batch)
+        out["image"] = np.full(n, None, dtype=object)
+        out["fetch_status"] = np.full(n, "skipped", dtype=object)
+        out["image_width"] = np.zeros(n, dtype=np.int64)
+        out["image_height"] = np.zeros(n, dtype=np.int64)
+        if ok.any():
+            fetched = self.fetcher({k: v[ok] for k, v in batch.items()})
+            for key in ("image", "fetch_status", "image_width", "image_height"):
+                out[key][ok] = fetched[key]
+        out["fetch_node"] = np.full(n, _node_id(), dtype=object)
+        return out
+
+
+class VerifyStage:
+    """YOLO count verification of the counting rows (loaded once per actor)."""
+
+    def __init__(self, cfg: VerifyConfig):
+        self.verifier = YoloVerifier(cfg)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.verifier(batch)
+        out["verify_node"] = np.full(len(batch["status"]), _node_id(), dtype=object)
+        return out
+
+
+class StageWriter:
+    """Decide each row's fate, stage the kept rows as parquet, return per-row tallies."""
+
+    TALLY = pa.schema([("sample_id", pa.string()), ("kind", pa.string()), ("caption_count", pa.int16()),
+                       ("detected_count", pa.int64()), ("stage", pa.string()), ("reason", pa.string()),
+                       ("n_rows", pa.int64()), ("fetch_node", pa.string()), ("verify_node", pa.string())])
+
+    def __init__(self, staging: str):
+        self.staging = staging
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        stage, reason = final_status(batch)
+        kept = np.asarray(stage) == "written"
+        if kept.any():
+            buffer = pa.BufferOutputStream()
+            pq.write_table(batch.filter(pa.array(kept)).drop_columns(["fetch_node", "verify_node"]), buffer)
+            storage.write_bytes(f"{self.staging}/part-{uuid.uuid4().hex}.parquet", buffer.getvalue().to_pybytes())
+        return pa.table({
+            "sample_id": batch.column("sample_id"), "kind": batch.column("kind"),
+            "caption_count": batch.column("caption_count"), "detected_count": batch.column("detected_count"),
+            "stage": pa.array(stage, pa.string()), "reason": pa.array(reason, pa.string()),
+            "n_rows": batch.column("n_rows"),
+            "fetch_node": batch.column("fetch_node"), "verify_node": batch.column("verify_node"),
+        }, schema=self.TALLY)
+
+
+def final_status(batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(stage, reason) per row: the first stage that rejected it, or ("written"-candidate, "ok")."""
+    status = np.asarray(batch.column("status").to_pylist(), dtype=object)
+    fetch = np.asarray(batch.column("fetch_status").to_pylist(), dtype=object)
+    verify = np.asarray(batch.column("verify_status").to_pylist(), dtype=object)
+    counting = np.asarray(pc.equal(batch.column("kind"), "counting"))
+    stage = np.full(len(status), "written", dtype=object)
+    reason = np.full(len(status), "ok", dtype=object)
+    rules = [
+        ("captions", status != "ok", status),
+        ("fetch", (status == "ok") & (fetch != "ok"), fetch),
+        ("verify", (status == "ok") & (fetch == "ok") & counting & (verify != "verified"), verify),
+    ]
+    for name, mask, why in rules:
+        stage[mask], reason[mask] = name, why[mask]
+    return stage, reason
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # outside Ray (unit tests call the stages directly)
+        return "local"
+
+
+def inspect_source(source: list[str]) -> tuple[list[str], list[str], dict]:
+    """(parquet files, their columns, fingerprint) from files and folders/prefixes, reading only
+    footers; clear errors for a missing path, a folder without parquet, or a file that is not parquet."""
+    files = []
+    for item in source:
+        if storage.is_s3(item):
+            listed = [u for u in storage.list_objects(item) if u.endswith(".parquet")]
+            listed = listed or ([item] if item.endswith(".parquet") else [])
+        else:
+            path = storage.local_path(item)
+            if not path.exists():
+                raise FileNotFoundError(f"source {item} does not exist")
+            listed = sorted(str(p) for p in path.rglob("*.parquet")) if path.is_dir() else [str(path)]
+        if not listed:
+            raise FileNotFoundError(f"source {item} holds no .parquet files")
+        files += listed
+    described, columns = [], None
+    for uri in files:
+        filesystem, path = storage.arrow_filesystem(uri)
+        try:
+            with filesystem.open_input_file(path) as handle:
+                meta = pq.ParquetFile(handle).metadata
+        except FileNotFoundError:
+            raise FileNotFoundError(f"source file {uri} does not exist") from None
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ValueError(f"source file {uri} is not a readable parquet file: {exc}") from None
+        names = meta.schema.to_arrow_schema().names
+        columns = names if columns is None else [c for c in columns if c in names]
+        described.append({"uri": uri, "rows": meta.num_rows, "row_groups": meta.num_row_groups})
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+    return files, columns or [], {"files": described, "sha256": digest}
+
+
+def build_dataset(cfg: BuildConfig, echo=print) -> dict:
+    """Run the whole build; return the manifest (also written beside the shards)."""
+    import ray
+
+    tic = time.perf_counter()
+    files, columns, fingerprint = inspect_source(cfg.source)
+    check_columns(cfg.captions, columns)  # a schema error stops the job before any work
+    storage.local_copy(cfg.verify.weights)  # a missing or unreadable model too
+    echo(f"[build] {len(files)} source file(s), {sum(f['rows'] for f in fingerprint['files'])} rows")
+    if not ray.is_initialized():
+        ray.init(address=cfg.cluster.address, num_cpus=cfg.cluster.local_cpus if cfg.cluster.address is None else None,
+                 include_dashboard=False, log_to_driver=False)
+    staging, cleanup = _staging_area(cfg.output)
+    try:
+        tallies = _run_pipeline(cfg, files, columns, staging)
+        manifest = _balance_and_write(cfg, tallies, staging, fingerprint, echo)
+    finally:
+        cleanup()
+    manifest["seconds"] = round(time.perf_counter() - tic, 1)
+    echo(format_summary(manifest))
+    return manifest
+
+
+def _staging_area(output: str):
+    if storage.is_s3(output):
+        prefix = f"{output.rstrip('/')}/.staging/{uuid.uuid4().hex}"
+
+        def cleanup():
+            for uri in storage.list_objects(prefix):
+                bucket, key = storage.split_s3(uri)
+                storage.s3_client().delete_object(Bucket=bucket, Key=key)
+        return prefix, cleanup
+    parent = storage.local_path(output).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=".staging-", dir=parent)
+    return folder, lambda: shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_pipeline(cfg: BuildConfig, files: list[str], columns: list[str], staging: str) -> pa.Table:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    filesystem, _ = storage.arrow_filesystem(files[0])
+    paths = [storage.arrow_filesystem(f)[1] for f in files]
+    spread = {"scheduling_strategy": "SPREAD"} if cfg.cluster.spread else {}
+    c = cfg.cluster
+    rows = ray.data.read_parquet(paths, filesystem=filesystem, columns=cfg.captions.required_columns())
+    rows = rows.map_batches(CaptionFilter(cfg.captions), batch_format="pyarrow", batch_size=4096)
+    rows = rows.map_batches(FetchStage, fn_constructor_args=(cfg.fetch,), batch_format="numpy",
+                            batch_size=c.batch_rows, compute=ActorPoolStrategy(size=c.fetch_actors),
+                            num_cpus=c.fetch_cpus, **spread)
+    rows = rows.map_batches(VerifyStage, fn_constructor_args=(cfg.verify,), batch_format="numpy",
+                            batch_size=c.batch_rows, compute=ActorPoolStrategy(size=c.verify_actors),
+                            num_cpus=c.verify_cpus, num_gpus=c.verify_gpus or None, **spread)
+    rows = rows.map_batches(StageWriter(staging), batch_format="pyarrow", batch_size=c.batch_rows)
+    return pa.concat_tables(ray.get(rows.to_arrow_refs()))
+
+
+def _balance_and_write(cfg: BuildConfig, tallies: pa.Table, staging: str, fingerprint: dict, echo) -> dict:
+    staged = storage.list_objects(staging)
+    columns = ["sample_id", "kind", "caption_count"]
+    filesystem, _ = storage.arrow_filesystem(staging)
+    paths = [storage.arrow_filesystem(u)[1] for u in staged]
+    candidates = pq.read_table(paths, filesystem=filesystem, columns=columns) if paths else _empty(columns)
+    if not paths:
+        raise ValueError("no source row survived the build (see the rejects by reason); nothing was written")
+    keep, balance_rejects = select_rows(candidates, cfg.shards)
+    selected = candidates.column("sample_id").filter(pa.array(keep))
+    rows = pq.read_table(paths, filesystem=filesystem)
+    rows = rows.filter(pc.is_in(rows.column("sample_id"), value_set=pa.array(selected.to_pylist(), pa.string())))
+    report = tally_report(tallies, balance_rejects)
+    source_rows = sum(f["rows"] for f in fingerprint["files"])
+    if report["rows_in"] != source_rows:
+        raise RuntimeError(f"tallies account for {report['rows_in']} rows but the source has {source_rows}")
+    manifest = {"config_sha256": cfg.fingerprint(), "config": cfg.to_dict(), "source": fingerprint, **report}
+    if cfg.ground_truth:
+        manifest["verifier_vs_truth"] = verifier_scores(tallies, cfg.ground_truth)
+    echo(f"[build] writing {rows.num_rows} rows to {cfg.output}")
+    return write_dataset(cfg.output, rows, manifest, cfg.shards, summary=format_summary)
+
+
+def _empty(columns: list[str]) -> pa.Table:
+    return pa.table({c: pa.array([], pa.string()) for c in columns})
+
+
+def tally_report(tallies: pa.Table, balance_rejects: dict[str, int]) -> dict:
+    """rows in, rejects by stage and reason, verified counts per count, nodes that did the work."""
+    df = tallies.to_pandas()
+    rejects: dict[str, dict[str, int]] = {}
+    for (stage, reason), n in df[df.stage != "written"].groupby(["stage", "reason"]).n_rows.sum().items():
+        rejects.setdefault(stage, {})[reason] = int(n)
+    if balance_rejects:
+        rejects["balance"] = balance_rejects
+    verified = df[(df.stage == "written") & (df.kind == "counting")]
+    return {
+        "rows_in": int(df.n_rows.sum()),
+        "rows_rejected": int(sum(sum(r.values()) for r in rejects.values())),
+        "rejects": rejects,
+        "per_count_verified": {str(c): int((verified.caption_count == c).sum()) for c in range(2, 11)},
+        "nodes": {"fetch": sorted(set(df.fetch_node.dropna()) - {"local"} or set(df.fetch_node.dropna())),
+                  "verify": sorted(set(df.verify_node.dropna()) - {"local"} or set(df.verify_node.dropna()))},
+    }
+
+
+def verifier_scores(tallies: pa.Table, truth_uri: str) -> dict:
+    """Precision/recall of keeping truthful counting rows, against CountWorld's ground truth."""
+    filesystem, path = storage.arrow_filesystem(truth_uri)
+    truth = pq.read_table(path, filesystem=filesystem).to_pandas().set_index("sample_id")
+    df = tallies.to_pandas()
+    df = df[(df.kind == "counting") & df.stage.isin(["written", "verify"]) & df.sample_id.notna()]
+    joined = df.join(truth, on="sample_id", how="inner")
+    truthful = joined.stated_count == joined.true_count
+    kept = joined.stage == "written"
+    tp = int((kept & truthful).sum())
+    return {
+        "rows_scored": len(joined),
+        "precision": tp / max(1, int(kept.sum())),
+        "recall": tp / max(1, int(truthful.sum())),
+        "lying_rows_rejected": int((~kept & ~truthful).sum()),
+        "lying_rows_kept": int((kept & ~truthful).sum()),
+        "truthful_rows_rejected": int((~kept & truthful).sum()),
+    }
+
+
+def format_summary(manifest: dict) -> str:
+    lines = [f"rows in {manifest['rows_in']} = written {manifest['rows_written']} + rejected {manifest['rows_rejected']}"]
+    for stage, reasons in manifest["rejects"].items():
+        lines += [f"  rejected at {stage:<9} {reason:<24} {n:>8}" for reason, n in sorted(reasons.items())]
+    lines.append("verified per count  " + " ".join(f"{c}:{n}" for c, n in manifest["per_count_verified"].items()))
+    lines.append("written per count   " + " ".join(f"{c}:{n}" for c, n in manifest["per_count_written"].items())
+                 + f"  non-counting: {manifest['written']['non_counting']}")
+    if "verifier_vs_truth" in manifest:
+        v = manifest["verifier_vs_truth"]
+        lines.append(f"verifier vs ground truth: precision {v['precision']:.3f} recall {v['recall']:.3f} "
+                     f"({v['rows_scored']} counting rows scored)")
+    lines.append(f"{len(manifest['shards'])} shard(s); config {manifest['config_sha256']}; "
+                 f"source {manifest['source']['sha256']}")
+    if "seconds" in manifest:
+        lines.append(f"built in {manifest['seconds']:.0f}s")
+    return "\n".join(lines)

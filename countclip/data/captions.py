@@ -1,0 +1,148 @@
+"""Caption stage of the dataset build: which rows are counting candidates, which are sampled as
+non-counting rows, and why every other row is dropped.
+
+Works on a pyarrow Table (Ray Data's ``batch_format="pyarrow"``); the number-word parse is
+``numbers.parse_captions`` (RE2 prefilter, per-row Python only on the few rows holding a number
+word). Rows leave with ``status`` "ok" or a reason. Rejected rows are not carried on: each batch
+folds them into one summary row per reason, whose ``n_rows`` says how many input rows it stands
+for, so the final reconciliation (rows in = rows written + rows rejected, by reason) needs no
+second pass over the source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from countclip.config import ConfigBase, require
+from countclip.numbers import parse_captions
+
+# Columns every later stage can rely on, besides the source's own.
+STAGE_COLUMNS = {
+    "sample_id": pa.string(),
+    "url": pa.string(),
+    "caption": pa.string(),
+    "caption_count": pa.int16(),  # 2..10 for counting rows, 0 for non-counting rows
+    "noun": pa.string(),
+    "kind": pa.string(),  # "counting" | "non_counting"
+    "status": pa.string(),  # "ok" or why the row was dropped
+    "n_rows": pa.int64(),  # source rows this row stands for (1, or a reject summary's count)
+}
+
+
+@dataclass
+class CaptionConfig(ConfigBase):
+    url_column: str = "URL"
+    """Source column with the image URL (LAION-400M: URL)."""
+    text_column: str = "TEXT"
+    """Source column with the caption (LAION-400M: TEXT)."""
+    id_column: str | None = None
+    """Source column with a stable row id; null derives one from the URL (LAION: SAMPLE_ID)."""
+    non_counting_rate: float = 0.05
+    """Share of rows without a count that are kept as non-counting training rows."""
+    seed: int = 0
+    """Seeds the non-counting sample (a hash of the row id, so reruns pick the same rows)."""
+
+    def __post_init__(self) -> None:
+        require(0 <= self.non_counting_rate <= 1, f"captions.non_counting_rate must be in [0, 1], got {self.non_counting_rate}")
+        require(bool(self.url_column and self.text_column), "captions.url_column and captions.text_column must be set")
+
+    def required_columns(self) -> list[str]:
+        return [c for c in (self.url_column, self.text_column, self.id_column) if c]
+
+
+def check_columns(cfg: CaptionConfig, columns: list[str]) -> None:
+    """Fail fast, before any work, when the source lacks a configured column."""
+    missing = [c for c in cfg.required_columns() if c not in columns]
+    if missing:
+        raise ValueError(
+            f"the source has no column(s) {missing}; it has {columns}. "
+            "Set captions.url_column / captions.text_column / captions.id_column to the source's names."
+        )
+
+
+def sample_fraction(ids: pa.Array, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per id, fixed by (id, seed): a reproducible random sample."""
+    key = f"countclip{seed:07d}"[:16].ljust(16, "0")
+    hashes = pd.util.hash_array(np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object), hash_key=key)
+    return (hashes >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+class CaptionFilter:
+    """pyarrow Table -> counting candidates, sampled non-counting rows, and reject summaries."""
+
+    def __init__(self, cfg: CaptionConfig):
+        self.cfg = cfg
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        check_columns(self.cfg, batch.column_names)
+        text = _as_text(batch.column(self.cfg.text_column))
+        url = pc.cast(batch.column(self.cfg.url_column), pa.string())
+        ids = (pc.cast(batch.column(self.cfg.id_column), pa.string()) if self.cfg.id_column
+               else pc.binary_join_element_wise("u:", url, ""))
+        parsed = parse_captions(text)
+        count = pc.fill_null(pc.cast(parsed.column("count"), pa.int16()), 0)
+        counting = pc.greater_equal(count, 2)
+        has_text = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
+        sampled = pa.array(sample_fraction(pc.fill_null(ids, ""), self.cfg.seed) < self.cfg.non_counting_rate)
+
+        status = np.full(len(batch), "ok", dtype=object)
+        status[~np.asarray(has_text)] = "no_caption"
+        status[np.asarray(has_text) & ~np.asarray(counting) & ~np.asarray(sampled)] = "not_sampled"
+        missing_url = np.asarray(pc.fill_null(pc.equal(pc.utf8_length(pc.fill_null(url, "")), 0), True))
+        status[missing_url & (status == "ok")] = "missing_url"
+
+        rows = pa.table({
+            "sample_id": ids,
+            "url": url,
+            "caption": text,
+            "caption_count": count,
+            "noun": parsed.column("noun"),
+            "kind": pa.array(np.where(np.asarray(counting), "counting", "non_counting")),
+            "status": pa.array(status, pa.string()),
+            "n_rows": pa.array(np.ones(len(batch), dtype=np.int64)),
+        })
+        return fold_rejects(rows)
+
+
+def fold_rejects(rows: pa.Table) -> pa.Table:
+    """Keep the ok rows; replace the others by one summary row per (status, kind)."""
+    ok = pc.equal(rows.column("status"), "ok")
+    kept = rows.filter(ok)
+    rejected = rows.filter(pc.invert(ok))
+    if rejected.num_rows == 0:
+        return kept
+    summary = rejected.group_by(["status", "kind"]).aggregate([("n_rows", "sum")])
+    n = summary.num_rows
+    folded = pa.table({
+        "sample_id": pa.nulls(n, pa.string()),
+        "url": pa.nulls(n, pa.string()),
+        "caption": pa.nulls(n, pa.string()),
+        "caption_count": pa.array(np.zeros(n, dtype=np.int16)),
+        "noun": pa.nulls(n, pa.string()),
+        "kind": summary.column("kind"),
+        "status": summary.column("status"),
+        "n_rows": summary.column("n_rows_sum"),
+    })
+    return pa.concat_tables([kept, folded.cast(kept.schema)])
+
+
+def _as_text(column) -> pa.ChunkedArray | pa.Array:
+    """Captions as a string column; binary captions that are not valid UTF-8 become null."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return column
+    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        values = []
+        for item in column.to_pylist():
+            try:
+                values.append(item.decode("utf-8") if item is not None else None)
+            except UnicodeDecodeError:
+                values.append(None)
+        return pa.array(values, pa.string())
+    if pa.types.is_null(column.type):
+        return pa.nulls(len(column), pa.string())
+    raise ValueError(f"the caption column has type {column.type}; expected text")

@@ -1,0 +1,136 @@
+"""Every MLflow call: runs, params, metrics, artifacts, models and the registry.
+
+Rank 0 of a training job logs metrics into a run the driver opened; the driver logs params,
+config, dataset manifest and, at the end, the model. Nothing here is imported by the library's
+core; MLflow itself is imported lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from countclip.config import ConfigBase, require
+
+
+@dataclass
+class TrackingConfig(ConfigBase):
+    uri: str | None = None
+    """MLflow tracking URI: an `mlflow server` (http://host:5000) in real use; null keeps a local
+    sqlite store at runs/mlflow.db."""
+    experiment: str = "countclip"
+    """MLflow experiment name."""
+    enabled: bool = True
+    """Log to MLflow at all."""
+    connect_timeout_s: int = 10
+    """How long to wait for the tracking server before the job refuses to start."""
+
+    def __post_init__(self) -> None:
+        require(self.connect_timeout_s > 0, "tracking.connect_timeout_s must be positive")
+
+    def resolved_uri(self) -> str:
+        return self.uri or f"sqlite:///{Path('runs/mlflow.db').resolve()}"
+
+
+def _client(cfg: TrackingConfig):
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.resolved_uri())
+    return mlflow.MlflowClient(cfg.resolved_uri())
+
+
+def check_reachable(cfg: TrackingConfig) -> None:
+    """Fail before any worker starts when the tracking store cannot be reached."""
+    if not cfg.enabled:
+        return
+    uri = cfg.resolved_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=cfg.connect_timeout_s) as response:
+                if response.status != 200:
+                    raise OSError(f"HTTP {response.status}")
+        except OSError as exc:
+            raise ConnectionError(f"MLflow tracking server {uri} is unreachable ({exc}); start it or fix tracking.uri") from None
+
+
+def start_run(cfg: TrackingConfig, run_name: str, params: dict, artifacts: dict[str, str | dict]) -> str | None:
+    """Open a run; log flattened params and the given artifacts (name -> text or JSON-able dict)."""
+    if not cfg.enabled:
+        return None
+    client = _client(cfg)
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.experiment)
+    run = client.create_run(experiment_id, run_name=run_name)
+    flat = flatten(params)
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[start : start + 100])
+    log_artifacts(cfg, run.info.run_id, artifacts)
+    return run.info.run_id
+
+
+def log_artifacts(cfg: TrackingConfig, run_id: str | None, artifacts: dict[str, str | dict]) -> None:
+    if not (cfg.enabled and run_id):
+        return
+    client = _client(cfg)
+    with tempfile.TemporaryDirectory() as folder:
+        for name, content in artifacts.items():
+            path = Path(folder) / name
+            path.write_text(content if isinstance(content, str) else json.dumps(content, indent=1))
+            client.log_artifact(run_id, str(path))
+
+
+def log_file(cfg: TrackingConfig, run_id: str | None, path: str | Path, artifact_path: str | None = None) -> None:
+    if cfg.enabled and run_id:
+        _client(cfg).log_artifact(run_id, str(path), artifact_path)
+
+
+def log_metric_rows(cfg: TrackingConfig, run_id: str | None, rows: list[dict[str, float]]) -> None:
+    """Log each row's numbers at its "step" (one batch call)."""
+    if not (cfg.enabled and run_id and rows):
+        return
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, int(row["step"])) for row in rows for k, v in row.items() if k != "step"]
+    client = _client(cfg)
+    for start in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[start : start + 500])
+
+
+def end_run(cfg: TrackingConfig, run_id: str | None, status: str = "FINISHED") -> None:
+    if cfg.enabled and run_id:
+        _client(cfg).set_terminated(run_id, status)
+
+
+def metric_history(cfg: TrackingConfig, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in _client(cfg).get_metric_history(run_id, key))
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = value
+    return flat
+
+
+def quiet_mlflow() -> None:
+    """MLflow's HTTP client retries for minutes by default; a job should fail fast instead."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")

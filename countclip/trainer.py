@@ -1,0 +1,235 @@
+"""Ray Train wiring: the training job as a TorchTrainer around ``countclip.train.train``.
+
+The driver checks everything that can be checked before a worker starts (dataset, architecture,
+benchmark, storage, MLflow), opens the MLflow run, and starts ``worker_main`` on N workers. Each
+worker builds the model, shards it (``distributed.shard_model``), loads the dataset and runs the one
+training loop. Checkpoints are DCP folders reported to Ray Train (every rank reports its shards; Ray
+merges them in ``storage_path``); after a worker dies, Ray restarts the group and the loop resumes
+from the newest checkpoint. Metrics reach MLflow only together with a checkpoint, so a resumed run
+logs every step exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from countclip import storage
+from countclip.config import ConfigBase, ConfigError, require
+from countclip.model import ModelConfig
+from countclip.tracking import TrackingConfig
+from countclip.train import TrainConfig
+
+
+@dataclass
+class ScalingConfig(ConfigBase):
+    num_workers: int = 2
+    """Training workers (processes), across all nodes."""
+    use_gpu: bool = False
+    """One GPU per worker, NCCL; otherwise CPU workers on gloo."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker (also its torch thread count on CPU)."""
+    strategy: Literal["fsdp", "ddp", "none"] = "fsdp"
+    """fsdp: FSDP2 per residual block; ddp: full replicas; none: a single worker only."""
+    mixed_precision: bool = True
+    """bf16 compute with fp32 reduction under FSDP on GPU (ignored on CPU)."""
+    activation_checkpointing: bool = False
+    """Recompute block activations in backward (open_clip grad checkpointing) to save memory."""
+
+    def __post_init__(self) -> None:
+        require(self.num_workers >= 1, f"scaling.num_workers must be >= 1, got {self.num_workers}")
+        require(self.cpus_per_worker > 0, "scaling.cpus_per_worker must be positive")
+        require(self.strategy != "none" or self.num_workers == 1, "scaling.strategy none needs num_workers: 1")
+
+
+@dataclass
+class TrainJobConfig(ConfigBase):
+    name: str = "countclip"
+    """Run name (Ray Train run folder and MLflow run name)."""
+    dataset: str = "runs/countworld/dataset"
+    """A built dataset (folder or s3:// prefix holding manifest.json)."""
+    benchmark: str | None = None
+    """A CountBench-format file evaluated at every checkpoint and at the end (images beside it)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(checkpoint_every=100))
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    storage_path: str = "runs/ray"
+    """Ray Train storage for checkpoints: a shared folder or s3:// prefix every node can reach."""
+    max_failures: int = 1
+    """Worker-group restarts allowed (resuming from the newest checkpoint) before the job fails."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    export: str | None = None
+    """Where the final open_clip checkpoint goes (default: <storage_path>/<name>/model.pt)."""
+
+    def __post_init__(self) -> None:
+        require(self.max_failures >= 0, "max_failures must be >= 0")
+        require(self.train.batch_size % self.scaling.num_workers == 0,
+                f"train.batch_size {self.train.batch_size} must divide by scaling.num_workers {self.scaling.num_workers}")
+
+    def export_uri(self) -> str:
+        return self.export or f"{self.storage_path.rstrip('/')}/{self.name}/model.pt"
+
+
+def preflight(cfg: TrainJobConfig) -> dict:
+    """Everything knowable before a worker starts; returns the dataset manifest."""
+    from countclip.data.shards import read_manifest
+    from countclip.evaluate import load_countbench
+    from countclip.model import known_architectures, register_architectures, resolve_pretrained
+    from countclip.tracking import check_reachable
+
+    manifest = read_manifest(cfg.dataset)
+    if manifest["rows_written"] == 0 or not manifest["shards"]:
+        raise ValueError(f"dataset {cfg.dataset} is empty: its manifest lists no rows")
+    counting = manifest["written"]["counting"]
+    if cfg.train.counting_fraction and counting == 0:
+        raise ValueError(f"dataset {cfg.dataset} has no counting rows but train.counting_fraction > 0")
+    register_architectures()
+    if cfg.model.arch not in known_architectures():
+        raise ConfigError(f"unknown architecture {cfg.model.arch!r} (open_clip.list_models() lists the known ones)")
+    resolve_pretrained(cfg.model.arch, cfg.model.pretrained)
+    if cfg.benchmark:
+        load_countbench(cfg.benchmark)
+    _check_writable(cfg.storage_path)
+    check_reachable(cfg.tracking)
+    return manifest
+
+
+def _check_writable(uri: str) -> None:
+    probe = f"{uri.rstrip('/')}/.countclip-write-probe-{uuid.uuid4().hex}"
+    try:
+        storage.write_bytes(probe, b"ok")
+    except Exception as exc:  # any failure to write means the job could never checkpoint
+        raise PermissionError(f"storage_path {uri} is not writable: {exc}") from None
+    if storage.is_s3(probe):
+        bucket, key = storage.split_s3(probe)
+        storage.s3_client().delete_object(Bucket=bucket, Key=key)
+    else:
+        storage.local_path(probe).unlink()
+
+
+def run_training(cfg: TrainJobConfig, echo=print) -> dict:
+    """Preflight, train on Ray, export the final model; return a summary."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train import ScalingConfig as RayScaling
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from countclip import tracking
+
+    tracking.quiet_mlflow()
+    manifest = preflight(cfg)
+    run_id = tracking.start_run(cfg.tracking, cfg.name, cfg.to_dict(),
+                                {"config.yaml": cfg.to_yaml(), "dataset_manifest.json": _manifest_summary(manifest)})
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=True)
+    storage_path = cfg.storage_path if storage.is_s3(cfg.storage_path) else str(Path(cfg.storage_path).resolve())
+    filesystem = storage.arrow_filesystem(storage_path)[0] if storage.is_s3(storage_path) else None
+    trainer = TorchTrainer(
+        worker_main,
+        train_loop_config={"job": cfg.to_dict(), "run_id": run_id},
+        scaling_config=RayScaling(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                  resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=cfg.name, storage_path=storage_path if not filesystem else storage_path.removeprefix("s3://"),
+            storage_filesystem=filesystem, failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    tic = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except Exception:
+        tracking.end_run(cfg.tracking, run_id, "FAILED")
+        raise
+    summary = {"run_id": run_id, "seconds": round(time.perf_counter() - tic, 1), "metrics": dict(result.metrics or {})}
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as folder:
+            summary |= export_final(cfg, Path(folder), run_id)
+    tracking.end_run(cfg.tracking, run_id)
+    echo(f"[train] done in {summary['seconds']:.0f}s; model {summary.get('export')}; MLflow run {run_id}")
+    return summary
+
+
+def _manifest_summary(manifest: dict) -> dict:
+    return {k: v for k, v in manifest.items() if k not in ("config", "shards")} | {"shards": len(manifest["shards"])}
+
+
+def export_final(cfg: TrainJobConfig, folder: Path, run_id: str | None) -> dict:
+    """Load the last training checkpoint into a plain model and write the open_clip export."""
+    from countclip import checkpoint, tracking
+    from countclip.evaluate import evaluate_countbench
+    from countclip.model import create_model, export_checkpoint
+
+    model, preprocess, tokenizer = create_model(cfg.model.replace(pretrained=None))
+    marker = checkpoint.load_model_weights(folder, model)
+    export_checkpoint(model, cfg.export_uri())
+    out = {"export": cfg.export_uri(), "step": marker["step"]}
+    if cfg.benchmark:
+        report = evaluate_countbench(model, tokenizer, preprocess, cfg.benchmark)
+        out["count_accuracy"] = report.accuracy
+        tracking.log_metric_rows(cfg.tracking, run_id, [{"step": marker["step"], "final_count_accuracy": report.accuracy}])
+    return out
+
+
+def worker_main(config: dict) -> None:
+    """One Ray Train worker: model -> shard -> data -> the training loop, reporting checkpoints."""
+    import ray.train
+    import torch
+
+    from countclip import tracking
+    from countclip.data.loader import load_training_set
+    from countclip.distributed import shard_model
+    from countclip.environment import configure_environment
+    from countclip.model import create_model
+    from countclip.train import train
+
+    cfg = TrainJobConfig.from_dict(config["job"])
+    run_id = config["run_id"]
+    configure_environment()
+    tracking.quiet_mlflow()
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    if pid_dir := os.environ.get("COUNTCLIP_PID_DIR"):  # lets operators (and the fault test) find workers
+        Path(pid_dir).mkdir(parents=True, exist_ok=True)
+        (Path(pid_dir) / f"rank{rank}.pid").write_text(str(os.getpid()))
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    torch.manual_seed(cfg.train.seed)  # every rank builds the same initial model
+    model, preprocess, tokenizer = create_model(cfg.model, device)
+    model = shard_model(model, cfg.scaling.strategy, device, mixed_precision=cfg.scaling.mixed_precision,
+                        activation_checkpointing=cfg.scaling.activation_checkpointing)
+    image_size = preprocess.transforms[0].size if hasattr(preprocess.transforms[0], "size") else 224
+    data = load_training_set(cfg.dataset, image_size if isinstance(image_size, int) else image_size[0])
+
+    def on_checkpoint(folder: Path, step: int, rows: list[dict[str, float]]) -> None:
+        metrics = dict(rows[-1]) if rows else {"step": step}
+        if cfg.benchmark:
+            from countclip.evaluate import evaluate_countbench
+
+            metrics["count_accuracy"] = evaluate_countbench(model, tokenizer, preprocess, cfg.benchmark, device=device).accuracy
+            model.train()
+            rows = [*rows, {"step": step, "count_accuracy": metrics["count_accuracy"]}]
+        if rank == 0:
+            tracking.log_metric_rows(cfg.tracking, run_id, rows)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+
+    def log(step: int, row: dict[str, float]) -> None:
+        if rank == 0:
+            terms = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.endswith("loss"))
+            print(f"[train] step {step}/{cfg.train.steps} {terms} {row['samples_per_s']:.0f} samples/s", flush=True)
+
+    resume = ray.train.get_checkpoint()
+    local_root = Path(tempfile.mkdtemp(prefix=f"countclip-{cfg.name}-rank{rank}-"))
+    if resume is None:
+        train(cfg.train, model, tokenizer, data, log=log, on_checkpoint=on_checkpoint, device=device,
+              checkpoint_root=local_root)
+        return
+    with resume.as_directory() as folder:
+        train(cfg.train, model, tokenizer, data, log=log, on_checkpoint=on_checkpoint, device=device,
+              checkpoint_root=local_root, resume_from=folder)
