@@ -9,11 +9,10 @@ marker is JSON.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
-
-import io
 
 import torch
 import torch.distributed.checkpoint as dcp

@@ -2,6 +2,10 @@
 
     countclip experiment     [--config FILE] [--seed N] [--out DIR] [field.sub=value ...]
     countclip build-dataset  --config FILE [field.sub=value ...]
+    countclip train          --config FILE [field.sub=value ...]
+    countclip evaluate       --config FILE [field.sub=value ...]
+    countclip count IMAGE... --noun dogs --model CHECKPOINT|models:/name@alias [--arch countclip-tiny]
+    countclip retrieve FOLDER --query "three dogs" --model ... [--top 5]
     countclip world make-source --out DIR [--rows N] [--seed N]
     countclip world train-verifier --out DIR [--epochs N] [--images N] [--seed N]
 """
@@ -17,6 +21,11 @@ from countclip.config import ConfigError
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config file (defaults apply to fields it leaves out)")
     parser.add_argument("overrides", nargs="*", metavar="field.sub=value", help="override single config fields")
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="checkpoint (local or s3://) or models:/name@alias")
+    parser.add_argument("--arch", default="countclip-tiny", help="open_clip architecture of a checkpoint")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="fine-tune with L_clip + lambda L_count on Ray Train (FSDP)")
     _add_config_args(train)
     train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="CountBench, zero-shot, retrieval; log and register in MLflow")
+    _add_config_args(evaluate)
+    evaluate.set_defaults(run=_evaluate)
+
+    count = commands.add_parser("count", help="count objects in images")
+    count.add_argument("images", nargs="+", metavar="IMAGE")
+    count.add_argument("--noun", required=True, help="what to count, in the plural (e.g. dogs)")
+    _add_model_args(count)
+    count.set_defaults(run=_count)
+
+    retrieve = commands.add_parser("retrieve", help='rank a folder of images for a query such as "three dogs"')
+    retrieve.add_argument("folder")
+    retrieve.add_argument("--query", required=True)
+    retrieve.add_argument("--top", type=int, default=5)
+    _add_model_args(retrieve)
+    retrieve.set_defaults(run=_retrieve)
 
     world = commands.add_parser("world", help="CountWorld files: a noisy LAION-style source, the verifier")
     world_commands = world.add_subparsers(dest="world_command", required=True)
@@ -86,6 +112,52 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = TrainJobConfig.load(args.config, list(args.overrides))
     run_training(cfg, echo=lambda line: print(line, flush=True))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from countclip.evaluate_job import EvalJobConfig, run_evaluation
+
+    cfg = EvalJobConfig.load(args.config, list(args.overrides))
+    run_evaluation(cfg, echo=lambda line: print(line, flush=True))
+    return 0
+
+
+def _predictor(args: argparse.Namespace):
+    from countclip.predict import CountPredictor
+
+    if args.model.startswith(("models:/", "runs:/")):
+        import mlflow.pyfunc
+
+        try:
+            return mlflow.pyfunc.load_model(args.model).unwrap_python_model().predictor
+        except Exception as exc:  # MLflow raises several types for a missing model or registry
+            raise FileNotFoundError(f"cannot load {args.model}: {exc}") from None
+    return CountPredictor.load(args.model, args.arch)
+
+
+def _count(args: argparse.Namespace) -> int:
+    from countclip.predict import count_prompts, open_image
+
+    count_prompts(args.noun)  # an empty noun fails before the model loads
+    images = [open_image(path) for path in args.images]
+    predictor = _predictor(args)
+    for path, result in zip(args.images, predictor.count(images, args.noun)):
+        print(f"{path}\t{result['count']} {args.noun}\tconfidence {result['confidence']:.2f}")
+    return 0
+
+
+def _retrieve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from countclip.evaluate import IMAGE_SUFFIXES
+
+    paths = sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"{args.folder} holds no images")
+    scores = _predictor(args).rank(paths, args.query)
+    for index in scores.argsort()[::-1][: args.top]:
+        print(f"{scores[index]:.3f}\t{paths[index]}")
     return 0
 
 

@@ -232,3 +232,56 @@ def save_confusion_png(confusion: np.ndarray, path: str | Path, title: str) -> N
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     storage.write_bytes(path, buffer.getvalue())
+
+
+@torch.no_grad()
+def retrieval_metrics(model, tokenizer, images: torch.Tensor, counts: np.ndarray, nouns: list[str],
+                      k: int = 10, device="cpu") -> dict[str, float]:
+    """Count-aware retrieval: one query "a photo of <N> <noun>" per (count, noun) present.
+
+    recall@k: relevant images (that count and noun) in the top k, over min(k, relevant); count
+    precision@k: the share of the top k holding the queried count (whatever the noun).
+    """
+    model.eval()
+    features = torch.cat([model.encode_image(images[i : i + 256].to(device), normalize=True)
+                          for i in range(0, len(images), 256)])  # (N, D)
+    pairs = sorted({(int(c), n) for c, n in zip(counts, nouns)})
+    queries = [f"a photo of {WORD_FOR_COUNT[c]} {n}" for c, n in pairs]
+    text = model.encode_text(tokenizer(queries).to(device), normalize=True)  # (Q, D)
+    top = (text @ features.T).topk(min(k, len(images)), dim=1).indices.cpu().numpy()  # (Q, k)
+    nouns_arr = np.asarray(nouns)
+    recalls, precisions = [], []
+    for (count, noun), hits in zip(pairs, top):
+        relevant = (counts == count) & (nouns_arr == noun)
+        recalls.append(relevant[hits].sum() / min(len(hits), relevant.sum()))
+        precisions.append((counts[hits] == count).mean())
+    return {f"recall@{k}": float(np.mean(recalls)), f"count_precision@{k}": float(np.mean(precisions)),
+            "queries": len(queries)}
+
+
+IMAGEFOLDER_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "a photo of the {}.", "an image of a {}.")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def zeroshot_imagefolder(model, tokenizer, preprocess, root: str | Path, device="cpu", limit_per_class: int = 100) -> dict:
+    """Zero-shot accuracy on an ImageFolder-style dataset (one sub-folder per class, folder names as
+    class names, underscores as spaces), with CLIP's usual prompt templates."""
+    root = Path(root)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not classes:
+        raise ValueError(f"{root} is not an ImageFolder-style dataset (no class sub-folders)")
+    images, labels, skipped = [], [], 0
+    for index, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit_per_class]
+        for path in files:
+            image = _open_image(path)
+            if image is None:
+                skipped += 1
+                continue
+            images.append(preprocess(image))
+            labels.append(index)
+    if not images:
+        raise ValueError(f"{root} holds no readable images")
+    prompts = [[t.format(c.replace("_", " ")) for t in IMAGEFOLDER_TEMPLATES] for c in classes]
+    accuracy = zeroshot_accuracy(model, tokenizer, torch.stack(images), np.array(labels), prompts, device)
+    return {"accuracy": accuracy, "classes": len(classes), "images": len(images), "unreadable": skipped}

@@ -134,3 +134,73 @@ def quiet_mlflow() -> None:
     """MLflow's HTTP client retries for minutes by default; a job should fail fast instead."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def pinned_requirements() -> list[str]:
+    """The model's runtime requirements, pinned to what is installed (no slow inference at log time)."""
+    from importlib.metadata import version
+
+    names = ["torch", "torchvision", "open_clip_torch", "numpy", "pandas", "pillow", "pyarrow", "pyyaml", "mlflow"]
+    return [f"{name}=={version(name)}" for name in names] + [f"countclip=={version('countclip')}"]
+
+
+def log_count_model(cfg: TrackingConfig, run_id: str, checkpoint: str | Path, arch: str, example_image: bytes) -> str:
+    """Log the pyfunc counting model (open_clip checkpoint + spec as artifacts); return its model URI."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from countclip.numbers import COUNTS
+    from countclip.pyfunc import CountClipPyfunc
+
+    _client(cfg)
+    inputs = Schema([ColSpec("binary", "image", required=False), ColSpec("string", "image_path", required=False),
+                     ColSpec("string", "noun")])
+    outputs = Schema([ColSpec("long", "count"), ColSpec("double", "confidence")]
+                     + [ColSpec("double", f"prob_{c}") for c in COUNTS])
+    with tempfile.TemporaryDirectory() as folder:
+        spec = Path(folder) / "model_spec.json"
+        spec.write_text(json.dumps({"arch": arch, "prompt": "a photo of {word} {noun}"}))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=CountClipPyfunc(),
+                artifacts={"checkpoint": str(checkpoint), "model_spec": str(spec)},
+                signature=ModelSignature(inputs, outputs),
+                input_example=pd.DataFrame({"image": [example_image], "noun": ["circles"]}),
+                pip_requirements=pinned_requirements(),
+            )
+    return info.model_uri
+
+
+def register_and_promote(cfg: TrackingConfig, model_uri: str, name: str, metrics: dict[str, float],
+                         alias: str = "champion", zeroshot_tolerance: float = 0.03) -> dict:
+    """Register a model version; move ``alias`` to it only if its count accuracy beats the current
+    holder's without losing more than ``zeroshot_tolerance`` zero-shot accuracy. The comparison is
+    recorded as tags on the new version."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = _client(cfg)
+    version = mlflow.register_model(model_uri, name).version
+    for key, value in metrics.items():
+        client.set_model_version_tag(name, version, key, f"{value:.6f}")
+    try:
+        current = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        current = None
+    decision = {"version": version, "previous": current.version if current else None}
+    if current is None:
+        promote, reason = True, f"no {alias} yet"
+    else:
+        old = {k: float(current.tags.get(k, "nan")) for k in ("count_accuracy", "zeroshot_accuracy")}
+        better = metrics["count_accuracy"] > old["count_accuracy"]
+        kept = metrics["zeroshot_accuracy"] >= old["zeroshot_accuracy"] - zeroshot_tolerance
+        promote = better and kept
+        reason = (f"count accuracy {metrics['count_accuracy']:.4f} vs {old['count_accuracy']:.4f} "
+                  f"(v{current.version}); zero-shot {metrics['zeroshot_accuracy']:.4f} vs "
+                  f"{old['zeroshot_accuracy']:.4f}, tolerance {zeroshot_tolerance}")
+    client.set_model_version_tag(name, version, "promotion", ("promoted: " if promote else "not promoted: ") + reason)
+    if promote:
+        client.set_registered_model_alias(name, alias, version)
+    return decision | {"promoted": promote, "reason": reason}

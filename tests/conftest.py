@@ -81,3 +81,38 @@ def s3(s3_endpoint, monkeypatch):
     storage.s3_client().create_bucket(Bucket=bucket)
     yield bucket
     storage.s3_client.cache_clear()
+
+
+VERIFIER = REPO / "countclip/weights/countworld-yolov8n.pt"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray instance for the session (2 CPUs, no dashboard), shut down at the end."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A real 2-node Ray cluster on 127.0.0.1 (`ray start` head + worker, separate temp dirs), with
+    the job server for `ray job submit`; yields the dashboard address."""
+    venv_bin = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    base = tmp_path_factory.mktemp("ray")
+    port, dashboard = free_port(), free_port()
+    ray = str(venv_bin / "ray")
+    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+                    "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                    f"--temp-dir={base / 'head'}", "--disable-usage-stats"], env=env, check=True, capture_output=True)
+    try:
+        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                        f"--temp-dir={base / 'worker'}"], env=env, check=True, capture_output=True)
+        yield {"address": f"http://127.0.0.1:{dashboard}", "gcs": f"127.0.0.1:{port}", "env": env}
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -54,8 +53,6 @@ class ClusterConfig(ConfigBase):
     """GPUs per YOLO actor (e.g. 0.25 packs four actors on one GPU); 0 runs on CPU."""
     batch_rows: int = 256
     """Rows per batch between stages."""
-    spread: bool = True
-    """Spread the actors over the cluster's nodes rather than packing them."""
 
     def __post_init__(self) -> None:
         for name in ("fetch_actors", "verify_actors", "batch_rows"):
@@ -250,16 +247,16 @@ def _run_pipeline(cfg: BuildConfig, files: list[str], columns: list[str], stagin
 
     filesystem, _ = storage.arrow_filesystem(files[0])
     paths = [storage.arrow_filesystem(f)[1] for f in files]
-    spread = {"scheduling_strategy": "SPREAD"} if cfg.cluster.spread else {}
+    # Ray Data spreads tasks and actors over the nodes by default (DataContext.scheduling_strategy).
     c = cfg.cluster
     rows = ray.data.read_parquet(paths, filesystem=filesystem, columns=cfg.captions.required_columns())
     rows = rows.map_batches(CaptionFilter(cfg.captions), batch_format="pyarrow", batch_size=4096)
     rows = rows.map_batches(FetchStage, fn_constructor_args=(cfg.fetch,), batch_format="numpy",
                             batch_size=c.batch_rows, compute=ActorPoolStrategy(size=c.fetch_actors),
-                            num_cpus=c.fetch_cpus, **spread)
+                            num_cpus=c.fetch_cpus)
     rows = rows.map_batches(VerifyStage, fn_constructor_args=(cfg.verify,), batch_format="numpy",
                             batch_size=c.batch_rows, compute=ActorPoolStrategy(size=c.verify_actors),
-                            num_cpus=c.verify_cpus, num_gpus=c.verify_gpus or None, **spread)
+                            num_cpus=c.verify_cpus, num_gpus=c.verify_gpus or None)
     rows = rows.map_batches(StageWriter(staging), batch_format="pyarrow", batch_size=c.batch_rows)
     return pa.concat_tables(ray.get(rows.to_arrow_refs()))
 
@@ -313,11 +310,11 @@ def tally_report(tallies: pa.Table, balance_rejects: dict[str, int]) -> dict:
 def verifier_scores(tallies: pa.Table, truth_uri: str) -> dict:
     """Precision/recall of keeping truthful counting rows, against CountWorld's ground truth."""
     filesystem, path = storage.arrow_filesystem(truth_uri)
-    truth = pq.read_table(path, filesystem=filesystem).to_pandas().set_index("sample_id")
+    truth = pq.read_table(path, filesystem=filesystem).to_pandas().set_index("sample_id").add_prefix("truth_")
     df = tallies.to_pandas()
     df = df[(df.kind == "counting") & df.stage.isin(["written", "verify"]) & df.sample_id.notna()]
     joined = df.join(truth, on="sample_id", how="inner")
-    truthful = joined.stated_count == joined.true_count
+    truthful = joined.truth_stated_count == joined.truth_true_count
     kept = joined.stage == "written"
     tp = int((kept & truthful).sum())
     return {

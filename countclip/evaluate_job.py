@@ -1,0 +1,223 @@
+"""The evaluate job: CountBench protocol, zero-shot accuracy kept, count-aware retrieval, then the
+MLflow pyfunc model, its registration and (only if it is better) the ``champion`` alias.
+
+    ray job submit --working-dir . -- python ray_jobs/evaluate.py --config configs/eval.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from countclip import storage
+from countclip.config import ConfigBase, require
+from countclip.data.fetch import FetchConfig
+from countclip.model import ModelConfig
+from countclip.tracking import TrackingConfig
+
+
+@dataclass
+class RegisterConfig(ConfigBase):
+    name: str | None = "countclip"
+    """Registered model name; null logs the model to the run without registering it."""
+    alias: str = "champion"
+    """Alias moved to the new version only when it is better (see zeroshot_tolerance)."""
+    zeroshot_tolerance: float = 0.03
+    """Largest zero-shot accuracy drop (fraction) a better counter may have and still be promoted."""
+
+    def __post_init__(self) -> None:
+        require(0 <= self.zeroshot_tolerance <= 1, "register.zeroshot_tolerance must be in [0, 1]")
+
+
+@dataclass
+class EvalJobConfig(ConfigBase):
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model to evaluate: arch plus a checkpoint (local, s3://) or pretrained tag."""
+    baseline: ModelConfig | None = None
+    """A second model (e.g. the base before fine-tuning) measured side by side in retrieval."""
+    countbench: str = "runs/experiment/benchmark/countworld_bench.json"
+    """A CountBench-format JSON (image_url, text, number)."""
+    images: str | None = None
+    """Folder or s3:// prefix holding the benchmark images (by relative path, or named by the sha1 of
+    their URL as the fetch cache writes them); null: beside the JSON file."""
+    fetch_missing: bool = False
+    """Download the images not found locally through the fetch stage into the cache folder."""
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    cache: str = "runs/eval-cache"
+    """Local folder for images copied from S3 or fetched from their URLs."""
+    countworld_zeroshot: bool = True
+    """Zero-shot accuracy on CountWorld's classes (shape, colour, background)."""
+    zeroshot_folders: list[str] = field(default_factory=list)
+    """ImageFolder-style datasets (e.g. a CIFAR-10 or ImageNet validation folder) for zero-shot accuracy."""
+    retrieval_k: int = 10
+    """k of recall@k and count precision@k over the benchmark images."""
+    output: str = "runs/eval"
+    """Report, confusion matrix PNG."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
+
+    def __post_init__(self) -> None:
+        require(self.model.pretrained is not None, "model.pretrained must name the checkpoint to evaluate")
+        require(self.retrieval_k > 0, "retrieval_k must be positive")
+
+
+def gather_images(cfg: EvalJobConfig, entries: list[dict]) -> Path:
+    """A local folder where ``evaluate.find_image`` finds every benchmark image there is."""
+    from countclip.evaluate import cached_image_name, find_image
+
+    bench_dir = storage.local_path(cfg.countbench).parent if not storage.is_s3(cfg.countbench) else None
+    root = Path(cfg.images) if cfg.images and not storage.is_s3(cfg.images) else bench_dir
+    if not (cfg.images and storage.is_s3(cfg.images)) and not cfg.fetch_missing:
+        return root
+    cache = Path(cfg.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    if cfg.images and storage.is_s3(cfg.images):
+        for uri in storage.list_objects(cfg.images):
+            target = cache / uri[len(cfg.images.rstrip("/")) + 1 :]
+            if not target.exists():
+                storage.write_bytes(target, storage.read_bytes(uri))
+        root = cache
+    if cfg.fetch_missing:
+        from countclip.data.fetch import ImageFetcher
+
+        missing = [e["image_url"] for i, e in enumerate(entries)
+                   if "://" in e["image_url"] and find_image(e["image_url"], root, i) is None
+                   and find_image(e["image_url"], cache, i) is None]
+        fetcher = ImageFetcher(cfg.fetch)
+        with ThreadPoolExecutor(8) as pool:
+            for url, result in zip(missing, pool.map(fetcher.fetch, missing)):
+                if result.status == "ok":
+                    storage.write_bytes(cache / f"{cached_image_name(url)}.jpg", result.image)
+        if root != cache:  # images found in root stay there: link them into the cache view
+            for i, e in enumerate(entries):
+                found = find_image(e["image_url"], root, i) if root else None
+                if found and "://" in e["image_url"]:
+                    target = cache / f"{cached_image_name(e['image_url'])}{found.suffix}"
+                    if not target.exists():
+                        target.write_bytes(found.read_bytes())
+        root = cache
+    return root
+
+
+def load_model(cfg: ModelConfig):
+    """(model, preprocess, tokenizer) from a checkpoint, a pretrained tag, or a models:/ URI."""
+    from countclip.model import create_model
+
+    if cfg.pretrained and cfg.pretrained.startswith(("models:/", "runs:/")):
+        import mlflow.pyfunc
+
+        predictor = mlflow.pyfunc.load_model(cfg.pretrained).unwrap_python_model().predictor
+        return predictor.model, predictor.preprocess, predictor.tokenizer
+    return create_model(cfg)
+
+
+def run_evaluation(cfg: EvalJobConfig, echo=print) -> dict:
+    from countclip import tracking
+    from countclip.evaluate import (
+        evaluate_countbench,
+        load_countbench,
+        retrieval_metrics,
+        save_confusion_png,
+        zeroshot_imagefolder,
+    )
+
+    tic = time.perf_counter()
+    tracking.quiet_mlflow()
+    entries = load_countbench(cfg.countbench)  # a malformed file stops here, before anything is logged
+    tracking.check_reachable(cfg.tracking)
+    model, preprocess, tokenizer = load_model(cfg.model)
+    root = gather_images(cfg, entries)
+    report = evaluate_countbench(model, tokenizer, preprocess, cfg.countbench, root)
+    if report.scored == 0:
+        raise ValueError(f"none of the {len(entries)} benchmark images was found under {root}; nothing to evaluate")
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    save_confusion_png(report.confusion, out / "confusion.png", f"count accuracy {report.accuracy:.1%} "
+                       f"({report.scored} of {report.scored + report.missing} images)")
+    results = {"countbench": report.to_dict(), "countbench_file": cfg.countbench}
+    echo(f"[eval] CountBench protocol: accuracy {report.accuracy:.1%} over {report.scored} images, "
+         f"{report.missing} missing, macro-F1 {report.macro_f1:.3f}")
+
+    zeroshot = {}
+    if cfg.countworld_zeroshot:
+        from countclip.experiment import _to_model_input, zeroshot_by_task, zeroshot_set
+
+        images, labels = zeroshot_set(seed=12345, n=400, image_size=_image_size(preprocess), same_size=True)
+        zeroshot |= {f"countworld_{k}": v for k, v in zeroshot_by_task(model, tokenizer, _to_model_input(images),
+                                                                       labels, "cpu").items()}
+    for folder in cfg.zeroshot_folders:
+        zeroshot[f"folder_{Path(folder).name}"] = zeroshot_imagefolder(model, tokenizer, preprocess, folder)["accuracy"]
+    results["zeroshot"] = zeroshot
+    zeroshot_mean = float(np.mean(list(zeroshot.values()))) if zeroshot else float("nan")
+    echo("[eval] zero-shot: " + ", ".join(f"{k} {v:.1%}" for k, v in zeroshot.items()))
+
+    images, counts, nouns = _retrieval_set(entries, root, preprocess)
+    if len(images):
+        import torch
+
+        pixels = torch.stack(images)
+        results["retrieval"] = {"model": retrieval_metrics(model, tokenizer, pixels, counts, nouns, cfg.retrieval_k)}
+        if cfg.baseline is not None:
+            base, _, base_tokenizer = load_model(cfg.baseline)
+            results["retrieval"]["baseline"] = retrieval_metrics(base, base_tokenizer, pixels, counts, nouns, cfg.retrieval_k)
+        echo("[eval] retrieval: " + json.dumps(results["retrieval"]))
+
+    metrics = {"count_accuracy": report.accuracy, "zeroshot_accuracy": zeroshot_mean, "macro_f1": report.macro_f1,
+               "images_scored": float(report.scored), "images_missing": float(report.missing)}
+    storage.write_text(out / "report.json", json.dumps(results | {"metrics": metrics}, indent=1))
+    results["metrics"] = metrics
+    results["registry"] = _log_and_register(cfg, metrics, out, echo)
+    results["seconds"] = round(time.perf_counter() - tic, 1)
+    return results
+
+
+def _image_size(preprocess) -> int:
+    size = getattr(preprocess.transforms[0], "size", 224)
+    return size if isinstance(size, int) else size[0]
+
+
+def _retrieval_set(entries: list[dict], root: Path, preprocess):
+    from countclip.evaluate import _open_image, find_image
+    from countclip.numbers import parse_caption
+
+    images, counts, nouns = [], [], []
+    for i, entry in enumerate(entries):
+        parsed = parse_caption(entry["text"])
+        path = find_image(entry["image_url"], root, i)
+        image = _open_image(path) if path and parsed and parsed.noun else None
+        if image is not None:
+            images.append(preprocess(image))
+            counts.append(entry["number"])
+            nouns.append(parsed.noun)
+    return images, np.array(counts), nouns
+
+
+def _log_and_register(cfg: EvalJobConfig, metrics: dict, out: Path, echo) -> dict:
+    from countclip import tracking
+
+    if not cfg.tracking.enabled:
+        return {}
+    checkpoint = storage.local_copy(cfg.model.pretrained) if not cfg.model.pretrained.startswith(("models:/", "runs:/")) else None
+    run_id = tracking.start_run(cfg.tracking, "evaluate", cfg.to_dict(), {"report.json": (out / "report.json").read_text()})
+    tracking.log_metric_rows(cfg.tracking, run_id, [{"step": 0, **metrics}])
+    tracking.log_file(cfg.tracking, run_id, out / "confusion.png")
+    decision = {"run_id": run_id}
+    if checkpoint is not None:
+        from countclip.world import render, sample_scene
+        from countclip.world_files import png_bytes
+
+        example = png_bytes(render(sample_scene(np.random.default_rng(0), 3), 64))
+        model_uri = tracking.log_count_model(cfg.tracking, run_id, checkpoint, cfg.model.arch, example)
+        decision["model_uri"] = model_uri
+        if cfg.register.name:
+            decision |= tracking.register_and_promote(cfg.tracking, model_uri, cfg.register.name, metrics,
+                                                      cfg.register.alias, cfg.register.zeroshot_tolerance)
+            echo(f"[eval] registered {cfg.register.name} v{decision['version']}: "
+                 + ("promoted to " + cfg.register.alias if decision["promoted"] else "not promoted") + f" ({decision['reason']})")
+    tracking.end_run(cfg.tracking, run_id)
+    return decision
