@@ -116,3 +116,41 @@ def ray_cluster(tmp_path_factory):
         yield {"address": f"http://127.0.0.1:{dashboard}", "gcs": f"127.0.0.1:{port}", "env": env}
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_endpoint, tmp_path_factory):
+    """An `mlflow server` on 127.0.0.1: sqlite backend, artifacts proxied to a bucket on the local S3
+    endpoint. Only the server holds the (test-only) S3 keys; clients talk HTTP to it."""
+    import boto3
+
+    bucket = "mlflow-artifacts"
+    keys = {"AWS_ACCESS_KEY_ID": "test-only", "AWS_SECRET_ACCESS_KEY": "test-only", "AWS_DEFAULT_REGION": "us-east-1"}
+    boto3.client("s3", endpoint_url=s3_endpoint, **{k.lower(): v for k, v in keys.items() if k != "AWS_DEFAULT_REGION"},
+                 region_name="us-east-1").create_bucket(Bucket=bucket)
+    folder = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    env = {**os.environ, **keys, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+         "--artifacts-destination", f"s3://{bucket}/artifacts", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError((folder / "server.log").read_text()[-2000:]) from None
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("mlflow server did not start: " + (folder / "server.log").read_text()[-2000:])
+    yield {"url": url, "bucket": bucket, "s3": s3_endpoint}
+    proc.terminate()
+    proc.wait(timeout=20)
