@@ -87,6 +87,8 @@ class TrainConfig(ConfigBase):
     """Folder for training checkpoints; a run resumes from the newest complete one in it."""
     threads: int = 0
     """torch intra-op threads for CPU training; 0 leaves torch's default."""
+    autocast_bf16: bool = False
+    """Run the forward pass under bf16 autocast (fast on GPUs and on CPUs with AMX); losses stay fp32."""
 
     def __post_init__(self) -> None:
         require(self.steps > 0, f"steps must be positive, got {self.steps}")
@@ -175,7 +177,9 @@ def train(
         # One forward for true and counterfactual captions: FSDP only hooks the module's forward.
         n_cf = batch.cf_tokens.shape[0] * batch.cf_tokens.shape[1]
         texts = torch.cat([batch.tokens, batch.cf_tokens.flatten(0, 1)])
-        image_features, all_text_features, logit_scale = model(batch.images, texts)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+            image_features, all_text_features, logit_scale = model(batch.images, texts)
+        image_features, all_text_features = image_features.float(), all_text_features.float()
         text_features = all_text_features[: len(batch.tokens)]  # (B, D), L2-normalised
         cf_features = all_text_features[len(batch.tokens):].view(*batch.cf_tokens.shape[:2], text_features.shape[-1])  # (K, M, D)
         terms = loss_fn(image_features, text_features, cf_features, batch.is_counting, batch.counts, logit_scale)
