@@ -52,6 +52,8 @@ class ExperimentWorldConfig(ConfigBase):
     """Count-free captions drop colour/backdrop/size words at web-like rates (CaptionStyle)."""
     same_size: bool = True
     """All objects of a scene share one radius (else each object draws its own)."""
+    grid: int | None = None
+    """Place objects one per cell of a grid x grid lattice (8 = the tiny ViT's patch grid); null: anywhere."""
 
     def style(self, stage: Literal["pretrain", "finetune"]) -> CaptionStyle:
         numerosity = self.numerosity_words == "all" or (self.numerosity_words == "pretrain" and stage == "pretrain")
@@ -102,24 +104,26 @@ class ExperimentConfig(ConfigBase):
 
 
 def world_training_set(seed: int, n: int, image_size: int, counting_share: float,
-                       style: CaptionStyle | None = None, same_size: bool = False) -> TrainingSet:
+                       style: CaptionStyle | None = None, same_size: bool = False, grid: int | None = None) -> TrainingSet:
     """``n`` CountWorld rows; a ``counting_share`` of them with counting captions (counts 2..10)."""
     rng = np.random.default_rng(seed)
     images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
     captions, counts = [], np.zeros(n, dtype=np.int64)
     for i in range(n):
         counting = rng.random() < counting_share
-        scene = sample_scene(rng, int(rng.integers(2, 11) if counting else rng.integers(1, 11)), same_size=same_size)
+        scene = sample_scene(rng, int(rng.integers(2, 11) if counting else rng.integers(1, 11)), same_size=same_size,
+                             grid=grid)
         images[i] = render(scene, image_size)
         captions.append(caption(scene, rng, with_count=counting, style=style or CaptionStyle()))
         counts[i] = scene.count if counting else 0
     return TrainingSet(images, captions, counts)
 
 
-def zeroshot_set(seed: int, n: int, image_size: int, same_size: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def zeroshot_set(seed: int, n: int, image_size: int, same_size: bool = False,
+                 grid: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Held-out images and their class index for each zero-shot task (shape, colour, background)."""
     rng = np.random.default_rng(seed)
-    scenes = [sample_scene(rng, int(rng.integers(1, 11)), same_size=same_size) for _ in range(n)]
+    scenes = [sample_scene(rng, int(rng.integers(1, 11)), same_size=same_size, grid=grid) for _ in range(n)]
     images = np.stack([render(scene, image_size) for scene in scenes])
     labels = {task: np.array([classes.index(getattr(s, task)) for s in scenes]) for task, classes in ZEROSHOT_TASKS.items()}
     return images, labels
@@ -148,12 +152,13 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
     t0 = time.perf_counter()
     w = cfg.world
     echo(f"[world] seed {cfg.seed}: {w.pretrain_images} pretraining, {w.finetune_images} fine-tuning images")
-    pretrain_data = world_training_set(cfg.seed * 7919 + 1, w.pretrain_images, w.image_size, 0.0, w.style("pretrain"), w.same_size)
+    pretrain_data = world_training_set(cfg.seed * 7919 + 1, w.pretrain_images, w.image_size, 0.0, w.style("pretrain"), w.same_size,
+                                       w.grid)
     finetune_data = world_training_set(cfg.seed * 7919 + 2, w.finetune_images, w.image_size, w.counting_share,
-                                       w.style("finetune"), w.same_size)
+                                       w.style("finetune"), w.same_size, w.grid)
     bench_file = write_benchmark(out / "benchmark", seed=cfg.seed * 7919 + 3, per_count=w.benchmark_per_count,
-                                 image_size=w.image_size, same_size=w.same_size)
-    zs_images, zs_labels = zeroshot_set(cfg.seed * 7919 + 4, w.zeroshot_images, w.image_size, w.same_size)
+                                 image_size=w.image_size, same_size=w.same_size, grid=w.grid)
+    zs_images, zs_labels = zeroshot_set(cfg.seed * 7919 + 4, w.zeroshot_images, w.image_size, w.same_size, w.grid)
     zs_inputs = _to_model_input(zs_images)
     echo(f"[world] ready in {time.perf_counter() - t0:.0f}s; benchmark {bench_file}")
 

@@ -48,6 +48,7 @@ BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {
 }
 TEXTURES: tuple[str, ...] = ("plain", "striped", "dotted", "checked")
 SIZES: dict[str, tuple[float, float]] = {"small": (0.055, 0.07), "large": (0.08, 0.095)}  # radius / side
+GRID_SIZES: dict[str, tuple[float, float]] = {"small": (0.6, 0.7), "large": (0.8, 0.9)}  # radius / half cell
 WORD_FOR_COUNT: dict[int, str] = {n: w for w, n in NUMBER_WORDS.items()}
 
 PREFIXES: tuple[str, ...] = ("", "a photo of", "a picture of", "an image with", "there are", "close-up of")
@@ -94,8 +95,14 @@ def sample_scene(
     distractors: int = 0,
     shape: str | None = None,
     same_size: bool = False,
+    grid: int | None = None,
 ) -> Scene:
-    """Draw a scene with ``count`` objects of one class (and optional distractors of another)."""
+    """Draw a scene with ``count`` objects of one class (and optional distractors of another).
+
+    same_size: one radius for all objects of the scene (with 3 % jitter). grid: place each object in
+    its own cell of a grid x grid lattice (jittered inside the cell), e.g. the ViT's patch grid, so an
+    object covers one patch rather than straddling up to four.
+    """
     if not 1 <= count <= 10:
         raise ValueError(f"CountWorld scenes hold 1..10 counted objects, got {count}")
     shape = shape or SHAPES[rng.integers(len(SHAPES))]
@@ -104,11 +111,23 @@ def sample_scene(
     background = list(BACKGROUND_COLOURS)[rng.integers(len(BACKGROUND_COLOURS))]
     texture = TEXTURES[rng.integers(len(TEXTURES))]
     other = [s for s in SHAPES if s != shape][rng.integers(len(SHAPES) - 1)] if distractors else None
-    if same_size:  # one radius for the whole scene, with a little jitter
-        radii = rng.uniform(*SIZES[size]) * rng.uniform(0.97, 1.03, size=count + distractors)
+    n = count + distractors
+    if grid:
+        if n > grid * grid:
+            raise ValueError(f"{n} objects do not fit a {grid}x{grid} grid")
+        half = 0.5 / grid
+        low, high = GRID_SIZES[size]
+        radii = (rng.uniform(low, high) * np.ones(n) if same_size else rng.uniform(low, high, size=n)) * half
+        cells = rng.choice(grid * grid, size=n, replace=False)
+        slack = half - radii  # how far a centre may move and stay inside its cell
+        centres = np.stack([(cells % grid) * 2 * half + half, (cells // grid) * 2 * half + half], axis=1)
+        centres += rng.uniform(-0.6, 0.6, size=(n, 2)) * slack[:, None]
     else:
-        radii = rng.uniform(*SIZES[size], size=count + distractors)
-    centres = _place(rng, radii)
+        if same_size:  # one radius for the whole scene, with a little jitter
+            radii = rng.uniform(*SIZES[size]) * rng.uniform(0.97, 1.03, size=n)
+        else:
+            radii = rng.uniform(*SIZES[size], size=n)
+        centres = _place(rng, radii)
     boxes = tuple(_box(c, r) for c, r in zip(centres, radii))
     return Scene(shape, colour, size, background, texture, boxes[:count], other, boxes[count:])
 

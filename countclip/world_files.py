@@ -20,7 +20,8 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_benchmark(folder: str | Path, seed: int, per_count: int, image_size: int, same_size: bool = False) -> Path:
+def write_benchmark(folder: str | Path, seed: int, per_count: int, image_size: int, same_size: bool = False,
+                    grid: int | None = None) -> Path:
     """A balanced CountBench-format benchmark: ``per_count`` images for each count 2..10.
 
     Writes ``countworld_bench.json`` (fields image_url, text, number; image_url relative to the file)
@@ -32,7 +33,7 @@ def write_benchmark(folder: str | Path, seed: int, per_count: int, image_size: i
         entries = []
         for count in COUNTS:
             for _ in range(per_count):
-                scene = sample_scene(rng, count, same_size=same_size)
+                scene = sample_scene(rng, count, same_size=same_size, grid=grid)
                 name = f"images/{len(entries):05d}.png"
                 storage.write_bytes(tmp / name, png_bytes(render(scene, image_size)))
                 entries.append({"image_url": name, "text": caption(scene, rng, with_count=True), "number": count})
