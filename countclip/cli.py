@@ -80,10 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     verifier = world_commands.add_parser("train-verifier", help="train the small YOLO that counts CountWorld objects")
     verifier.add_argument("--out", required=True)
     verifier.add_argument("--seed", type=int, default=0)
-    verifier.add_argument("--images", type=int, default=600)
+    verifier.add_argument("--images", type=int, default=1000)
     verifier.add_argument("--epochs", type=int, default=100)
     verifier.add_argument("--image-size", type=int, default=128)
+    verifier.add_argument("--device", default="cpu")
     verifier.set_defaults(run=_train_verifier)
+    check = world_commands.add_parser("eval-verifier", help="exact-count accuracy of a verifier on fresh scenes")
+    check.add_argument("--weights", default="countworld")
+    check.add_argument("--seed", type=int, default=2026)
+    check.add_argument("--n", type=int, default=300)
+    check.set_defaults(run=_eval_verifier)
     return parser
 
 
@@ -181,8 +187,19 @@ def _train_verifier(args: argparse.Namespace) -> int:
     from countclip.verifier import train_countworld_verifier
 
     path = train_countworld_verifier(args.out, seed=args.seed, images=args.images, epochs=args.epochs,
-                                     image_size=args.image_size)
+                                     image_size=args.image_size, device=args.device)
     print(f"verifier: {path}")
+    return 0
+
+
+def _eval_verifier(args: argparse.Namespace) -> int:
+    import json
+
+    from countclip.data.verify import VerifyConfig
+    from countclip.verifier import evaluate_counts
+
+    weights = VerifyConfig(weights=args.weights).resolved_weights()
+    print(json.dumps(evaluate_counts(weights, seed=args.seed, n=args.n), indent=1))
     return 0
 
 

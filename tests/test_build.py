@@ -18,7 +18,8 @@ from .conftest import REPO, VERIFIER
 
 
 def config(source, output, *overrides, truth=None):
-    base = [f"source=[{source}]", f"output={output}", "verify.weights=" + str(VERIFIER),
+    base = [f"source=[{source}]", f"output={output}", "verify.weights=" + str(VERIFIER), "verify.confidence=0.35",
+            "verify.iou=0.3",
             "captions.id_column=SAMPLE_ID", "captions.non_counting_rate=1.0", "fetch.allow_local_files=true",
             "fetch.max_side=128", "fetch.image_format=png", "verify.image_size=128", "shards.rows_per_shard=300"]
     base += [f"ground_truth={truth}"] if truth else []
