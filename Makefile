@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 SEED   ?= 0
-OUT    ?= runs/experiment
+OUT    ?= runs/demo
 
 .PHONY: setup demo test test-fast lint clean
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/countclip experiment --seed $(SEED) --out $(OUT)
+	SEED=$(SEED) OUT=$(OUT) bash scripts/demo
 
 test: $(STAMP)
 	bash scripts/run-tests $(ARGS)

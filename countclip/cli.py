@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--rows", type=int, default=20000)
     source.add_argument("--seed", type=int, default=0)
     source.add_argument("--image-size", type=int, default=128)
+    source.add_argument("--grid", type=int, default=None, help="place objects one per cell of a GRIDxGRID lattice")
     source.set_defaults(run=_make_source)
     clean = world_commands.add_parser("make-dataset", help="write a training dataset straight from CountWorld's truth")
     clean.add_argument("--out", required=True)
@@ -178,7 +179,7 @@ def _make_clean_dataset(args: argparse.Namespace) -> int:
 def _make_source(args: argparse.Namespace) -> int:
     from countclip.world_files import write_source
 
-    paths = write_source(args.out, seed=args.seed, rows=args.rows, image_size=args.image_size)
+    paths = write_source(args.out, seed=args.seed, rows=args.rows, image_size=args.image_size, grid=args.grid)
     print(f"source: {paths['source']}\nground truth: {paths['truth']}")
     return 0
 

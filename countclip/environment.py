@@ -46,3 +46,11 @@ def configure_environment(cache_dir: str | Path | None = None, *, offline: bool 
     for key in ("YOLO_CONFIG_DIR", "MPLCONFIGDIR"):
         Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
     return cache
+
+
+def ray_init_args(address: str | None, local_cpus: int | None) -> dict:
+    """ray.init arguments: join the cluster at ``address`` (or RAY_ADDRESS, as under `ray job submit`),
+    else start a private local instance bound to 127.0.0.1."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return {"address": address}
+    return {"num_cpus": local_cpus, "include_dashboard": False, "_node_ip_address": "127.0.0.1"}

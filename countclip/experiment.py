@@ -21,7 +21,7 @@ import torch
 
 from countclip import storage
 from countclip.config import ConfigBase, require
-from countclip.data.loader import TrainingSet
+from countclip.data.loader import TrainingSet, load_training_set
 from countclip.evaluate import evaluate_countbench, save_confusion_png, zeroshot_accuracy
 from countclip.model import ModelConfig, create_model, export_checkpoint
 from countclip.train import LossConfig, OptimConfig, TrainConfig, train
@@ -54,6 +54,9 @@ class ExperimentWorldConfig(ConfigBase):
     """All objects of a scene share one radius (else each object draws its own)."""
     grid: int | None = None
     """Place objects one per cell of a grid x grid lattice (8 = the tiny ViT's patch grid); null: anywhere."""
+    finetune_dataset: str | None = None
+    """A built dataset (``countclip build-dataset``) to fine-tune on instead of generating fine-tuning
+    images here; its rows must come from a source written with the same world settings."""
 
     def style(self, stage: Literal["pretrain", "finetune"]) -> CaptionStyle:
         numerosity = self.numerosity_words == "all" or (self.numerosity_words == "pretrain" and stage == "pretrain")
@@ -154,8 +157,13 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
     echo(f"[world] seed {cfg.seed}: {w.pretrain_images} pretraining, {w.finetune_images} fine-tuning images")
     pretrain_data = world_training_set(cfg.seed * 7919 + 1, w.pretrain_images, w.image_size, 0.0, w.style("pretrain"), w.same_size,
                                        w.grid)
-    finetune_data = world_training_set(cfg.seed * 7919 + 2, w.finetune_images, w.image_size, w.counting_share,
-                                       w.style("finetune"), w.same_size, w.grid)
+    if w.finetune_dataset:
+        finetune_data = load_training_set(w.finetune_dataset, w.image_size)
+        echo(f"[world] fine-tuning on {len(finetune_data)} rows of {w.finetune_dataset} "
+             f"({int(finetune_data.is_counting.sum())} counting)")
+    else:
+        finetune_data = world_training_set(cfg.seed * 7919 + 2, w.finetune_images, w.image_size, w.counting_share,
+                                           w.style("finetune"), w.same_size, w.grid)
     bench_file = write_benchmark(out / "benchmark", seed=cfg.seed * 7919 + 3, per_count=w.benchmark_per_count,
                                  image_size=w.image_size, same_size=w.same_size, grid=w.grid)
     zs_images, zs_labels = zeroshot_set(cfg.seed * 7919 + 4, w.zeroshot_images, w.image_size, w.same_size, w.grid)

@@ -126,7 +126,9 @@ def run_training(cfg: TrainJobConfig, echo=print) -> dict:
     run_id = tracking.start_run(cfg.tracking, cfg.name, cfg.to_dict(),
                                 {"config.yaml": cfg.to_yaml(), "dataset_manifest.json": _manifest_summary(manifest)})
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=True)
+        from countclip.environment import ray_init_args
+
+        ray.init(**ray_init_args(None, None))
     storage_path = cfg.storage_path if storage.is_s3(cfg.storage_path) else str(Path(cfg.storage_path).resolve())
     filesystem = storage.arrow_filesystem(storage_path)[0] if storage.is_s3(storage_path) else None
     trainer = TorchTrainer(

@@ -65,7 +65,7 @@ NON_COUNT_PHRASES: tuple[str, ...] = (
 
 
 def write_source(folder: str | Path, seed: int, rows: int, image_size: int = 128, same_size: bool = True,
-                 distractor_share: float = 0.15) -> dict[str, Path]:
+                 distractor_share: float = 0.15, grid: int | None = None) -> dict[str, Path]:
     """A LAION-style noisy source: ``source.parquet`` (SAMPLE_ID, URL, TEXT, WIDTH, HEIGHT,
     similarity; URLs are file:// paths to ``images/``), and ``truth.parquet`` with the ground truth
     of every row (kind, true count of the named shape, the count the caption states). The folder
@@ -85,7 +85,7 @@ def write_source(folder: str | Path, seed: int, rows: int, image_size: int = 128
             counting = kind in ("truthful", "lie") or (kind in ("broken", "missing") and rng.random() < 0.5)
             count = int(rng.integers(2, 11) if counting else rng.integers(1, 11))
             distractors = int(rng.integers(1, 4)) if counting and rng.random() < distractor_share else 0
-            scene = sample_scene(rng, count, distractors=distractors, same_size=same_size)
+            scene = sample_scene(rng, count, distractors=distractors, same_size=same_size, grid=grid)
             text = caption(scene, rng, with_count=counting)
             stated = count if counting else None
             if kind == "lie":

@@ -33,6 +33,7 @@ from countclip.data.captions import CaptionConfig, CaptionFilter, check_columns
 from countclip.data.fetch import FetchConfig, ImageFetcher
 from countclip.data.shards import ShardConfig, select_rows, write_dataset
 from countclip.data.verify import VerifyConfig, YoloVerifier
+from countclip.environment import ray_init_args
 
 
 @dataclass
@@ -213,8 +214,7 @@ def build_dataset(cfg: BuildConfig, echo=print) -> dict:
     storage.local_copy(cfg.verify.weights)  # a missing or unreadable model too
     echo(f"[build] {len(files)} source file(s), {sum(f['rows'] for f in fingerprint['files'])} rows")
     if not ray.is_initialized():
-        ray.init(address=cfg.cluster.address, num_cpus=cfg.cluster.local_cpus if cfg.cluster.address is None else None,
-                 include_dashboard=False, log_to_driver=False)
+        ray.init(**ray_init_args(cfg.cluster.address, cfg.cluster.local_cpus), log_to_driver=False)
     staging, cleanup = _staging_area(cfg.output)
     try:
         tallies = _run_pipeline(cfg, files, columns, staging)
