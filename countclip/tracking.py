@@ -110,6 +110,13 @@ def log_metric_rows(cfg: TrackingConfig, run_id: str | None, rows: list[dict[str
         client.log_batch(run_id, metrics=metrics[start : start + 500])
 
 
+def set_tags(cfg: TrackingConfig, run_id: str | None, tags: dict[str, str]) -> None:
+    if cfg.enabled and run_id:
+        client = _client(cfg)
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+
+
 def end_run(cfg: TrackingConfig, run_id: str | None, status: str = "FINISHED") -> None:
     if cfg.enabled and run_id:
         _client(cfg).set_terminated(run_id, status)

@@ -178,10 +178,18 @@ def export_final(cfg: TrainJobConfig, folder: Path, run_id: str | None) -> dict:
     return out
 
 
+def dist_available() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def worker_main(config: dict) -> None:
     """One Ray Train worker: model -> shard -> data -> the training loop, reporting checkpoints."""
+    import ray
     import ray.train
     import torch
+    import torch.distributed as dist
 
     from countclip import tracking
     from countclip.data.loader import load_training_set
@@ -200,6 +208,11 @@ def worker_main(config: dict) -> None:
         Path(pid_dir).mkdir(parents=True, exist_ok=True)
         (Path(pid_dir) / f"rank{rank}.pid").write_text(str(os.getpid()))
     device = ray.train.torch.get_device()
+    if dist_available():  # every rank joins the gather; rank 0 records where the workers ran
+        nodes = [None] * context.get_world_size()
+        dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+        if rank == 0:
+            tracking.set_tags(cfg.tracking, run_id, {"worker_nodes": ",".join(nodes)})
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)  # every rank builds the same initial model

@@ -1,9 +1,7 @@
 """countclip.numbers: which captions state a count, their rewrites, and the vectorised form."""
 
 import json
-import os
 import random
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

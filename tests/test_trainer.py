@@ -121,3 +121,31 @@ def test_fsdp_on_two_workers_matches_one_process_and_survives_a_worker_kill(data
     for (name, a), (_, b) in zip(reference.state_dict().items(), exported.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
     assert Path(summary["export"]).is_file() and summary["step"] == 6
+
+
+@pytest.mark.slow
+def test_ray_job_submit_trains_on_two_nodes_and_logs_to_an_mlflow_server(dataset, tmp_path, ray_cluster, mlflow_server):
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from .conftest import REPO
+
+    cfg = job(dataset, tmp_path, f"tracking.uri={mlflow_server['url']}", "tracking.experiment=submitted",
+              "name=submitted", "train.steps=4")
+    (tmp_path / "train.yaml").write_text(cfg.to_yaml())
+    proc = subprocess.run(
+        [str(REPO / ".venv/bin/ray"), "job", "submit", "--address", ray_cluster["address"], "--working-dir", str(REPO),
+         "--", sys.executable, "ray_jobs/train.py", "--config", str(tmp_path / "train.yaml")],
+        env=ray_cluster["env"], capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client = mlflow.MlflowClient(mlflow_server["url"])
+    runs = client.search_runs([client.get_experiment_by_name("submitted").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
+    assert steps == [1, 2, 3, 4]
+    checkpoints = sorted((tmp_path / "store" / "submitted").glob("checkpoint_*/step.json"))
+    assert [json.loads(p.read_text())["step"] for p in checkpoints] == [2, 4]
+    assert (tmp_path / "store" / "submitted" / "model.pt").is_file()
+    assert len(set(runs[0].data.tags["worker_nodes"].split(","))) == 2  # one worker on each node

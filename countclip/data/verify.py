@@ -29,6 +29,7 @@ import math
 import re
 import shutil
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -73,6 +74,9 @@ class VerifyConfig(ConfigBase):
     for CountWorld (objects never overlap); off for COCO, where a rider overlaps a horse."""
     max_detections: int = 300
     """Most detections kept per image (Ultralytics ``max_det``)."""
+    decode_threads: int = 4
+    """Threads decoding images (PIL releases the GIL while decoding): on a GPU, serial decoding of
+    640 px images halved the stage's throughput against a bare predict loop."""
 
     def __post_init__(self) -> None:
         require(bool(self.weights), "weights must name an Ultralytics .pt file (local path or s3:// URI)")
@@ -86,6 +90,7 @@ class VerifyConfig(ConfigBase):
         require(self.unmapped_noun in ("dominant", "skip"),
                 f"unmapped_noun must be dominant or skip, got {self.unmapped_noun!r}")
         require(self.max_detections >= 10, f"max_detections must be >= 10 (counts go to 10), got {self.max_detections}")
+        require(self.decode_threads >= 1, f"decode_threads must be >= 1, got {self.decode_threads}")
 
     def resolved_weights(self) -> str:
         return str(COUNTWORLD_WEIGHTS) if self.weights == "countworld" else self.weights
@@ -328,6 +333,7 @@ class YoloVerifier:
     def __init__(self, cfg: VerifyConfig):
         self.cfg = cfg
         self.device = cfg.resolved_device()
+        self._decoder = ThreadPoolExecutor(cfg.decode_threads)
         weights = cfg.resolved_weights()
         if not storage.is_s3(weights) and not storage.local_path(weights).is_file():
             raise FileNotFoundError(
@@ -384,11 +390,10 @@ class YoloVerifier:
         status = np.full(n, "skipped", dtype=object)
         counted = np.full(n, "", dtype=object)
 
+        candidates = [i for i in range(n)
+                      if batch["fetch_status"][i] == "ok" and caption_count(batch["caption_count"][i]) is not None]
         rows, images = [], []
-        for i in range(n):
-            if batch["fetch_status"][i] != "ok" or caption_count(batch["caption_count"][i]) is None:
-                continue
-            image = decode_rgb(batch["image"][i])
+        for i, image in zip(candidates, self._decoder.map(decode_rgb, [batch["image"][i] for i in candidates])):
             if image is None:
                 status[i] = "decode_error"
                 continue
