@@ -125,3 +125,62 @@ def test_zeroshot_accuracy_counts_hits(tiny_model):
     labels = (feats @ cls.T).argmax(-1).numpy()
     assert zeroshot_accuracy(model, tokenizer, images, labels, prompts) == 1.0
     assert zeroshot_accuracy(model, tokenizer, images, 1 - labels, prompts) == 0.0
+
+
+class _FakeClip(torch.nn.Module):
+    """Image i embeds as one-hot(code[i]); a query embeds as one-hot of its (count, noun) code."""
+
+    def __init__(self, codes):
+        super().__init__()
+        self.codes = codes
+
+    def encode_image(self, images, normalize=True):
+        return torch.nn.functional.one_hot(images[:, 0, 0, 0].long(), 8).float()
+
+    def encode_text(self, tokens, normalize=True):
+        return torch.nn.functional.one_hot(tokens[:, 0].long(), 8).float()
+
+
+def test_retrieval_metrics_rank_by_count_and_noun():
+    from countclip.evaluate import retrieval_metrics
+
+    counts = np.array([2, 2, 3, 3, 3, 4])
+    nouns = ["dogs", "cats", "dogs", "dogs", "cats", "dogs"]
+    pairs = sorted({(int(c), n) for c, n in zip(counts, nouns)})
+    # Image 3 (three dogs) is drawn as "two cats": the model will retrieve it for the wrong query.
+    drawn = [pairs.index((2, "dogs")), pairs.index((2, "cats")), pairs.index((3, "dogs")),
+             pairs.index((2, "cats")), pairs.index((3, "cats")), pairs.index((4, "dogs"))]
+    images = torch.zeros(6, 3, 4, 4)
+    images[:, 0, 0, 0] = torch.tensor(drawn, dtype=torch.float)
+    word = {2: "two", 3: "three", 4: "four"}
+
+    def tokenizer(texts):
+        return torch.tensor([[pairs.index(next((c, n) for c, n in pairs if t == f"a photo of {word[c]} {n}"))]
+                             for t in texts])
+
+    metrics = retrieval_metrics(_FakeClip(drawn), tokenizer, images, counts, nouns, k=1)
+    # Queries: (2,cats) top-1 is image 1 or 3 (tie; both "two cats"), (2,dogs) -> 0, (3,cats) -> 4,
+    # (3,dogs) -> 2, (4,dogs) -> 5: all correct except possibly (2,cats) -> image 3 (count 3).
+    assert metrics["queries"] == 5
+    assert metrics["recall@1"] in (pytest.approx(1.0), pytest.approx(0.8))
+    assert metrics["count_precision@1"] == pytest.approx(metrics["recall@1"])
+    two = retrieval_metrics(_FakeClip(drawn), tokenizer, images, counts, nouns, k=2)
+    # (2,cats) now retrieves images 1 and 3: one of two hold two cats; (3,dogs) retrieves image 2 and
+    # one wrong image, and its second relevant image (3) is never found.
+    assert two["recall@2"] < 1.0
+
+
+def test_zeroshot_on_an_imagefolder(tiny_model, tmp_path):
+    from countclip.evaluate import zeroshot_imagefolder
+
+    model, preprocess, tokenizer = tiny_model
+    for name, colour in (("red_apple", (220, 20, 20)), ("blue_car", (20, 20, 220))):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.new("RGB", (40, 40), colour).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "blue_car" / "broken.jpg").write_bytes(b"not a jpeg")
+    result = zeroshot_imagefolder(model, tokenizer, preprocess, tmp_path)
+    assert result["classes"] == 2 and result["images"] == 6 and result["unreadable"] == 1
+    assert 0 <= result["accuracy"] <= 1
+    with pytest.raises(ValueError, match="not an ImageFolder-style dataset"):
+        zeroshot_imagefolder(model, tokenizer, preprocess, tmp_path / "red_apple")
