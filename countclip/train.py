@@ -58,11 +58,11 @@ class LossConfig(ConfigBase):
     lambda_scheme: LambdaScheme = "constant"
     """Per-count multiplier of lambda from the training set's count frequencies: constant, norm, modal, log."""
     counterfactuals: int = 1
-    """Counterfactual captions per counting sample: 1 (the paper) or 8 (CountPlus)."""
+    """Counterfactual captions per counting sample: 1 (the paper) .. 8 (all others: CountPlus)."""
 
     def __post_init__(self) -> None:
         require(self.count_lambda >= 0, f"loss.count_lambda must be >= 0, got {self.count_lambda}")
-        require(self.counterfactuals in (1, 8), f"loss.counterfactuals must be 1 or 8, got {self.counterfactuals}")
+        require(1 <= self.counterfactuals <= 8, f"loss.counterfactuals must be in 1..8, got {self.counterfactuals}")
 
 
 @dataclass

@@ -116,14 +116,14 @@ class BatchBuilder:
     """Rows -> Batch: normalise images, tokenise captions, draw counterfactuals.
 
     counterfactuals=1 draws one fresh random swap per counting row each step (the paper); 8 uses all
-    eight other counts (CountPlus). The draw is seeded by (seed, step, row id), independent of how
+    eight other counts (CountPlus); in between, that many distinct other counts drawn fresh. The draw is seeded by (seed, step, row id), independent of how
     the batch is split over ranks.
     """
 
     def __init__(self, tokenizer, counterfactuals: int = 1, seed: int = 0,
                  mean: tuple[float, ...] = OPENAI_MEAN, std: tuple[float, ...] = OPENAI_STD):
-        if counterfactuals not in (1, 8):
-            raise ValueError(f"counterfactuals must be 1 (the paper) or 8 (CountPlus), got {counterfactuals}")
+        if not 1 <= counterfactuals <= 8:
+            raise ValueError(f"counterfactuals must be 1 (the paper) .. 8 (CountPlus), got {counterfactuals}")
         self.tokenizer, self.counterfactuals, self.seed = tokenizer, counterfactuals, seed
         self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
@@ -153,9 +153,13 @@ class BatchBuilder:
         )
 
     def _counterfactuals(self, caption: str, count: int, seed: tuple[int, int, int]) -> list[str]:
+        if self.counterfactuals == 1:
+            return [counterfactual_caption(caption, count, np.random.default_rng(seed))]
+        others = [text for n, text in caption_variants(caption, count).items() if n != count]
         if self.counterfactuals == 8:
-            return [text for n, text in caption_variants(caption, count).items() if n != count]
-        return [counterfactual_caption(caption, count, np.random.default_rng(seed))]
+            return others
+        picks = np.random.default_rng(seed).choice(len(others), size=self.counterfactuals, replace=False)
+        return [others[i] for i in sorted(picks)]
 
 
 def count_only_negatives(captions: list[str], counts: np.ndarray) -> float:
