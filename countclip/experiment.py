@@ -45,7 +45,7 @@ class ExperimentWorldConfig(ConfigBase):
     """Held-out benchmark images per count 2..10."""
     zeroshot_images: int = 800
     """Held-out images for zero-shot classification of shape, object colour and background."""
-    numerosity_words: Literal["none", "pretrain", "all"] = "none"
+    numerosity_words: Literal["none", "pretrain", "all"] = "pretrain"
     """Where count-free captions use vague numerosity words matching the scene ("a few", "many"):
     nowhere, in the pretraining captions only, or in pretraining and fine-tuning captions."""
     sparse_captions: bool = True
@@ -78,7 +78,7 @@ def _pretrain_default() -> TrainConfig:
 
 def _finetune_default() -> TrainConfig:
     return TrainConfig(steps=1000, batch_size=64, counting_fraction=0.4,
-                       optim=OptimConfig(lr=1e-3, warmup_steps=50), loss=LossConfig(count_lambda=10.0))
+                       optim=OptimConfig(lr=1e-3, warmup_steps=50), loss=LossConfig(count_lambda=3.0, counterfactuals=3))
 
 
 @dataclass
