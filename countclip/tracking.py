@@ -126,6 +126,14 @@ def metric_history(cfg: TrackingConfig, run_id: str, key: str) -> list[tuple[int
     return sorted((m.step, m.value) for m in _client(cfg).get_metric_history(run_id, key))
 
 
+def last_logged_step(cfg: TrackingConfig, run_id: str | None, key: str = "loss") -> int:
+    """The highest step at which ``key`` is logged in the run (0 if none): where a restarted worker
+    group takes up the publishing, so that steps it trains again are not logged twice."""
+    if not (cfg.enabled and run_id):
+        return 0
+    return max((m.step for m in _client(cfg).get_metric_history(run_id, key)), default=0)
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     flat = {}
     for key, value in tree.items():

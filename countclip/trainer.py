@@ -222,7 +222,13 @@ def worker_main(config: dict) -> None:
     image_size = preprocess.transforms[0].size if hasattr(preprocess.transforms[0], "size") else 224
     data = load_training_set(cfg.dataset, image_size if isinstance(image_size, int) else image_size[0])
 
+    # Rows are published with their checkpoint. A worker can die after rank 0 published but before
+    # the checkpoint was registered; the group then trains those steps again (with the same results,
+    # from the same state), so rank 0 publishes only the steps past what the run already holds.
+    published = tracking.last_logged_step(cfg.tracking, run_id) if rank == 0 else 0
+
     def on_checkpoint(folder: Path, step: int, rows: list[dict[str, float]]) -> None:
+        nonlocal published
         metrics = dict(rows[-1]) if rows else {"step": step}
         if cfg.benchmark:
             from countclip.evaluate import evaluate_countbench
@@ -231,7 +237,8 @@ def worker_main(config: dict) -> None:
             model.train()
             rows = [*rows, {"step": step, "count_accuracy": metrics["count_accuracy"]}]
         if rank == 0:
-            tracking.log_metric_rows(cfg.tracking, run_id, rows)
+            tracking.log_metric_rows(cfg.tracking, run_id, [row for row in rows if row["step"] > published])
+            published = max(published, step)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
 
     def log(step: int, row: dict[str, float]) -> None:

@@ -86,19 +86,83 @@ def s3(s3_endpoint, monkeypatch):
 VERIFIER = REPO / "countclip/weights/countworld-yolov8n.pt"
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """A local Ray instance for the session (2 CPUs, no dashboard), shut down at the end."""
+def _start_local_ray() -> None:
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
+@pytest.fixture(scope="session")
+def _ray_session():
     yield
+    import ray
+
     ray.shutdown()
 
 
+@pytest.fixture
+def ray_local(_ray_session):
+    """A local Ray instance (2 CPUs, no dashboard), shared by the tests that need one."""
+    import ray
+
+    if not ray.is_initialized():
+        _start_local_ray()
+
+
+@pytest.fixture
+def ray_fresh(_ray_session):
+    """A function that (re)starts local Ray, so that its workers inherit the environment as the test
+    has set it by then (S3 keys, COUNTCLIP_PID_DIR); Ray is shut down again after the test."""
+    import ray
+
+    def restart() -> None:
+        ray.shutdown()
+        _start_local_ray()
+
+    yield restart
+    ray.shutdown()
+
+
+SLOTS = '--resources={"fetch_slot": 1, "verify_slot": 1}'  # one of each per node: see test_build
+
+
+def _agent_ports() -> list[str]:
+    """Free ports for a node's agents. Ray's defaults (52365 and others) are taken by any other Ray
+    instance on the machine (the in-process one of `ray_local`), and a head whose dashboard agent
+    cannot bind answers every job submission with "No available agent"."""
+    flags = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+             "--runtime-env-agent-port"]
+    return [f"{flag}={free_port()}" for flag in flags]
+
+
+def _wait_for_job_agent(address: str, timeout: float = 180) -> None:
+    """`ray start` returns before the head's dashboard agent registers; until it does, job submission
+    answers "No available agent to submit job". Submit a no-op job until one is accepted and finishes."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            client = JobSubmissionClient(address)
+            job = client.submit_job(entrypoint="true")
+            break
+        except Exception as exc:  # the job server answers 500 until the agent is up
+            last = exc
+            time.sleep(1)
+    else:
+        raise RuntimeError(f"the Ray job server at {address} never accepted a job: {last}")
+    while time.time() < deadline:
+        status = client.get_job_status(job)
+        if status in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+            assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the readiness job on {address} did not finish in {timeout} s")
+
+
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
+def _ray_cluster_session(tmp_path_factory):
     """A real 2-node Ray cluster on 127.0.0.1 (`ray start` head + worker, separate temp dirs), with
     the job server for `ray job submit`; yields the dashboard address."""
     venv_bin = Path(sys.executable).parent
@@ -107,15 +171,29 @@ def ray_cluster(tmp_path_factory):
     base = tmp_path_factory.mktemp("ray")
     port, dashboard = free_port(), free_port()
     ray = str(venv_bin / "ray")
-    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
                     "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                    f"--temp-dir={base / 'head'}", "--disable-usage-stats"], env=env, check=True, capture_output=True)
+                    f"--temp-dir={base / 'head'}", "--disable-usage-stats", SLOTS, *_agent_ports()], env=env, check=True, capture_output=True)
     try:
-        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                        f"--temp-dir={base / 'worker'}"], env=env, check=True, capture_output=True)
+        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                        f"--temp-dir={base / 'worker'}", SLOTS, *_agent_ports()], env=env, check=True, capture_output=True)
+        _wait_for_job_agent(f"http://127.0.0.1:{dashboard}")
         yield {"address": f"http://127.0.0.1:{dashboard}", "gcs": f"127.0.0.1:{port}", "env": env}
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+
+
+@pytest.fixture
+def ray_cluster(_ray_cluster_session):
+    """The session's 2-node cluster (2 CPUs a node); any job a test leaves running (a `ray job
+    submit` that timed out) is stopped afterwards, so that it cannot starve the next test's job."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    yield _ray_cluster_session
+    client = JobSubmissionClient(_ray_cluster_session["address"])
+    for job in client.list_jobs():
+        if job.status in {JobStatus.PENDING, JobStatus.RUNNING}:
+            client.stop_job(job.submission_id)
 
 
 @pytest.fixture(scope="session")

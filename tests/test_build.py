@@ -63,6 +63,14 @@ def test_schema_and_source_errors_stop_before_any_work(source, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_actor_pools_that_leave_no_cpu_for_reading_are_refused():
+    from countclip.data.build import ClusterConfig, check_capacity
+
+    check_capacity(ClusterConfig(fetch_actors=2, fetch_cpus=0.25, verify_actors=1, verify_cpus=0.5), 2.0)
+    with pytest.raises(ValueError, match="reserve 1.5 of the cluster's 2 CPUs"):
+        check_capacity(ClusterConfig(fetch_actors=2, fetch_cpus=0.25, verify_actors=2, verify_cpus=0.5), 2.0)
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     good = b""
 
@@ -135,12 +143,14 @@ def test_bad_web_input_is_counted_by_reason_and_the_job_completes(tmp_path, ray_
     assert fetch == {"empty": 1, "corrupt_image": 1, "not_an_image": 1, "http_404": 1, "timeout": 1,
                      "private_address": 3, "too_many_pixels": 1}
     assert manifest["rejects"]["captions"] == {"no_caption": 2}
-    assert manifest["rows_in"] == 14 and manifest["written"]["counting"] == 2
+    assert manifest["rows_in"] == 13 and manifest["written"]["counting"] == 2
 
 
 @pytest.mark.slow
-def test_s3_source_and_output(source, s3, tmp_path, ray_local):
+def test_s3_source_and_output(source, s3, tmp_path, ray_fresh):
     from countclip import storage
+
+    ray_fresh()  # the workers must see the test's S3 endpoint and keys, as a cluster's pods would
 
     storage.write_bytes(f"s3://{s3}/laion/part-0.parquet", source["source"].read_bytes())
     cfg = config(f"s3://{s3}/laion/", f"s3://{s3}/datasets/cw")
@@ -151,8 +161,15 @@ def test_s3_source_and_output(source, s3, tmp_path, ray_local):
 
 @pytest.mark.slow
 def test_ray_job_submit_on_two_nodes_spreads_fetch_and_verify(source, tmp_path, ray_cluster):
-    cfg = config(source["source"], tmp_path / "out", "cluster.fetch_actors=2", "cluster.verify_actors=2",
-                 "cluster.fetch_cpus=0.25", "cluster.verify_cpus=0.5", "cluster.batch_rows=64")
+    # LAION comes as many parquet parts; ten give each actor blocks to work on. Each node offers one
+    # fetch and one verify slot, so each pool has an actor on each node.
+    table = pq.read_table(source["source"])
+    (tmp_path / "parts").mkdir()
+    for part in range(10):
+        pq.write_table(table.slice(part * 70, 70), tmp_path / "parts" / f"part-{part}.parquet")
+    cfg = config(tmp_path / "parts", tmp_path / "out", "cluster.fetch_actors=2", "cluster.verify_actors=2",
+                 "cluster.fetch_cpus=0.25", "cluster.verify_cpus=0.5", "cluster.batch_rows=32",
+                 "cluster.fetch_resources={fetch_slot: 1}", "cluster.verify_resources={verify_slot: 1}")
     (tmp_path / "job.yaml").write_text(cfg.to_yaml())
     proc = subprocess.run(
         [str(REPO / ".venv/bin/ray"), "job", "submit", "--address", ray_cluster["address"], "--working-dir", str(REPO),

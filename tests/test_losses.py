@@ -7,8 +7,6 @@ import torch.nn.functional as F
 
 from countclip.losses import CountingContrastiveLoss, clip_loss, count_weights, counting_loss
 
-from .conftest import free_port
-
 
 def unit(*shape, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
@@ -91,10 +89,11 @@ def test_module_returns_named_terms():
     assert set(CountingContrastiveLoss(0.0)(i, t, cf, is_counting, counts, torch.tensor(10.0))) == {"clip_loss"}
 
 
-def _gathered_worker(rank, world, port, queue, local_loss):
+def _gathered_worker(rank, world, store, queue, local_loss):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # A file rendezvous: no port to pick in advance, so nothing else on the machine can take it first.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.manual_seed(0)
     weight = torch.nn.Linear(16, 16, bias=False)
     x_img, x_txt = unit(8, 16, seed=20), unit(8, 16, seed=21)
@@ -113,12 +112,12 @@ def _gathered_worker(rank, world, port, queue, local_loss):
 
 
 @pytest.mark.parametrize("local_loss", [True, False])
-def test_gathered_clip_loss_on_two_ranks_equals_single_process(local_loss):
+def test_gathered_clip_loss_on_two_ranks_equals_single_process(local_loss, tmp_path):
     """2 gloo processes, 4 rows each == one process on the 8 rows: loss and averaged gradients."""
     ctx = torch.multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     torch.multiprocessing.start_processes(
-        _gathered_worker, args=(2, free_port(), queue, local_loss), nprocs=2, join=True, start_method="spawn"
+        _gathered_worker, args=(2, tmp_path / "rendezvous", queue, local_loss), nprocs=2, join=True, start_method="spawn"
     )
     results = sorted(queue.get(timeout=60) for _ in range(2))
 

@@ -72,8 +72,19 @@ def mlflow_losses(cfg: TrainJobConfig, run_id: str) -> list[tuple[int, float]]:
     return metric_history(cfg.tracking, run_id, "loss")
 
 
+def test_a_restarted_group_publishes_only_steps_the_run_does_not_hold(tmp_path):
+    from countclip import tracking
+
+    cfg = tracking.TrackingConfig(uri=f"sqlite:///{tmp_path / 'ml.db'}", experiment="resume")
+    run_id = tracking.start_run(cfg, "r", {}, {})
+    assert tracking.last_logged_step(cfg, run_id) == 0
+    tracking.log_metric_rows(cfg, run_id, [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3)])
+    assert tracking.last_logged_step(cfg, run_id) == 3
+    assert tracking.last_logged_step(cfg.replace(enabled=False), run_id) == 0
+
+
 @pytest.mark.slow
-def test_fsdp_on_two_workers_matches_one_process_and_survives_a_worker_kill(dataset, tmp_path, monkeypatch):
+def test_fsdp_on_two_workers_matches_one_process_and_survives_a_worker_kill(dataset, tmp_path, monkeypatch, ray_fresh):
     """One Ray Train run, FSDP2 on 2 gloo workers: rank 1 is SIGKILLed after the step-2 checkpoint;
     the group restarts from it, every step is logged exactly once, and the losses and the final
     model equal a single-process run at the same global batch and seed."""
@@ -98,7 +109,7 @@ def test_fsdp_on_two_workers_matches_one_process_and_survives_a_worker_kill(data
                 killed["after_step"] = json.loads((done[0] / "step.json").read_text())["step"]
             time.sleep(0.2)
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray_fresh()  # its workers must inherit COUNTCLIP_PID_DIR
     try:
         killer = threading.Thread(target=kill_rank1_after_first_checkpoint, daemon=True)
         killer.start()
@@ -133,7 +144,7 @@ def test_ray_job_submit_trains_on_two_nodes_and_logs_to_an_mlflow_server(dataset
     from .conftest import REPO
 
     cfg = job(dataset, tmp_path, f"tracking.uri={mlflow_server['url']}", "tracking.experiment=submitted",
-              "name=submitted", "train.steps=4")
+              "name=submitted", "train.steps=4", "scaling.cpus_per_worker=2")  # a whole node each
     (tmp_path / "train.yaml").write_text(cfg.to_yaml())
     proc = subprocess.run(
         [str(REPO / ".venv/bin/ray"), "job", "submit", "--address", ray_cluster["address"], "--working-dir", str(REPO),

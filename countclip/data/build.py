@@ -54,6 +54,11 @@ class ClusterConfig(ConfigBase):
     """GPUs per YOLO actor (e.g. 0.25 packs four actors on one GPU); 0 runs on CPU."""
     batch_rows: int = 256
     """Rows per batch between stages."""
+    fetch_resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each fetch actor needs (e.g. {fetch_slot: 1} places one actor on each node
+    that offers a slot: `ray start --resources='{"fetch_slot": 1}'`, or rayStartParams in KubeRay)."""
+    verify_resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each YOLO actor needs (e.g. to pin them to one worker group)."""
 
     def __post_init__(self) -> None:
         for name in ("fetch_actors", "verify_actors", "batch_rows"):
@@ -204,6 +209,17 @@ def inspect_source(source: list[str]) -> tuple[list[str], list[str], dict]:
     return files, columns or [], {"files": described, "sha256": digest}
 
 
+def check_capacity(c: ClusterConfig, cluster_cpus: float) -> None:
+    """The actor pools hold their CPUs for the whole job, and Ray Data's file listing and read tasks
+    each need one whole CPU: a cluster left without one would wait forever, so refuse it up front."""
+    reserved = c.fetch_actors * c.fetch_cpus + c.verify_actors * c.verify_cpus
+    if cluster_cpus - reserved < 1:
+        raise ValueError(
+            f"the actor pools reserve {reserved:g} of the cluster's {cluster_cpus:g} CPUs, leaving less than the one "
+            "CPU that Ray Data's read tasks need; lower cluster.fetch_actors/fetch_cpus/verify_actors/verify_cpus "
+            "or add CPUs")
+
+
 def build_dataset(cfg: BuildConfig, echo=print) -> dict:
     """Run the whole build; return the manifest (also written beside the shards)."""
     import ray
@@ -215,6 +231,7 @@ def build_dataset(cfg: BuildConfig, echo=print) -> dict:
     echo(f"[build] {len(files)} source file(s), {sum(f['rows'] for f in fingerprint['files'])} rows")
     if not ray.is_initialized():
         ray.init(**ray_init_args(cfg.cluster.address, cfg.cluster.local_cpus), log_to_driver=False)
+    check_capacity(cfg.cluster, ray.cluster_resources().get("CPU", 0.0))
     staging, cleanup = _staging_area(cfg.output)
     try:
         tallies = _run_pipeline(cfg, files, columns, staging)
@@ -250,13 +267,18 @@ def _run_pipeline(cfg: BuildConfig, files: list[str], columns: list[str], stagin
     # Ray Data spreads tasks and actors over the nodes by default (DataContext.scheduling_strategy).
     c = cfg.cluster
     rows = ray.data.read_parquet(paths, filesystem=filesystem, columns=cfg.captions.required_columns())
-    rows = rows.map_batches(CaptionFilter(cfg.captions), batch_format="pyarrow", batch_size=4096)
+    # The filter is vectorised over whole blocks. Its output (a few % of the rows) is then cut, in
+    # streaming, into blocks of batch_rows: a read task's one big block would otherwise go to a
+    # single fetch actor while the others idle.
+    rows = rows.map_batches(CaptionFilter(cfg.captions), batch_format="pyarrow", batch_size=None)
+    rows = rows.repartition(target_num_rows_per_block=c.batch_rows)
     rows = rows.map_batches(FetchStage, fn_constructor_args=(cfg.fetch,), batch_format="numpy",
                             batch_size=c.batch_rows, compute=ActorPoolStrategy(size=c.fetch_actors),
-                            num_cpus=c.fetch_cpus)
+                            num_cpus=c.fetch_cpus, resources=c.fetch_resources or None)
     rows = rows.map_batches(VerifyStage, fn_constructor_args=(cfg.verify,), batch_format="numpy",
                             batch_size=c.batch_rows, compute=ActorPoolStrategy(size=c.verify_actors),
-                            num_cpus=c.verify_cpus, num_gpus=c.verify_gpus or None)
+                            num_cpus=c.verify_cpus, num_gpus=c.verify_gpus or None,
+                            resources=c.verify_resources or None)
     rows = rows.map_batches(StageWriter(staging), batch_format="pyarrow", batch_size=c.batch_rows)
     return pa.concat_tables(ray.get(rows.to_arrow_refs()))
 
