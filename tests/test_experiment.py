@@ -68,13 +68,13 @@ def test_bad_configuration_exits_nonzero_with_a_clear_message(tmp_path, args, me
 @pytest.mark.slow
 @pytest.mark.timeout(3000)
 def test_counting_loss_beats_the_control_on_the_default_experiment(tmp_path):
-    """The README's main job, as it runs: CountCLIP must beat the control clearly (issue #2 asks for
-    25 points; the measured gap and its spread over seeds are in the README) while keeping zero-shot
-    accuracy within 3 points."""
+    """The experiment as the README runs it: CountCLIP must beat the control clearly (issue #2 asks
+    for 25 points; measured: +25.5 on seed 0, +26.9 on seed 1, in the README; the bound leaves room
+    for run-to-run noise, ±2.3 points per accuracy) while keeping zero-shot accuracy within 3 points."""
     out = tmp_path / "full"
     proc = run_cli("experiment", "--seed", "0", "--out", str(out), timeout=2900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert report["gain_over_control"] >= 0.10, report
+    assert report["gain_over_control"] >= 0.20, report
     assert abs(report["countclip"]["zeroshot_accuracy"] - report["control"]["zeroshot_accuracy"]) <= 0.03, report
     assert report["control"]["count_only_negatives_per_image"] < 0.1

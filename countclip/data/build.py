@@ -227,7 +227,7 @@ def build_dataset(cfg: BuildConfig, echo=print) -> dict:
     tic = time.perf_counter()
     files, columns, fingerprint = inspect_source(cfg.source)
     check_columns(cfg.captions, columns)  # a schema error stops the job before any work
-    storage.local_copy(cfg.verify.weights)  # a missing or unreadable model too
+    storage.local_copy(cfg.verify.resolved_weights())  # a missing or unreadable model too
     echo(f"[build] {len(files)} source file(s), {sum(f['rows'] for f in fingerprint['files'])} rows")
     if not ray.is_initialized():
         ray.init(**ray_init_args(cfg.cluster.address, cfg.cluster.local_cpus), log_to_driver=False)
