@@ -1,4 +1,5 @@
 import math
+import os
 
 import numpy as np
 import pytest
@@ -107,8 +108,14 @@ def _gathered_worker(rank, world, store, queue, local_loss):
     grad /= world  # what DDP/FSDP gradient averaging does
     mean_loss = loss.detach().clone()
     dist.all_reduce(mean_loss)
-    queue.put((rank, float(loss), float(mean_loss) / world, grad.numpy()))
+    queue.put((rank, float(loss.detach()), float(mean_loss) / world, grad.numpy()))
+    dist.barrier()
     dist.destroy_process_group()
+    queue.close()
+    queue.join_thread()  # the result is in the pipe
+    # Skip the interpreter's teardown: torch's C++ threads occasionally abort it ("terminate called
+    # without an active exception", seen in 1 of ~4 full CI runs) after all the work is done.
+    os._exit(0)
 
 
 @pytest.mark.parametrize("local_loss", [True, False])

@@ -72,6 +72,9 @@ def sample_fraction(ids: pa.Array, seed: int) -> np.ndarray:
     return (hashes >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+_STATUSES = pa.array(["ok", "no_caption", "not_sampled", "missing_url"])
+
+
 class CaptionFilter:
     """pyarrow Table -> counting candidates, sampled non-counting rows, and reject summaries."""
 
@@ -86,24 +89,31 @@ class CaptionFilter:
                else pc.binary_join_element_wise("u:", url, ""))
         parsed = parse_captions(text)
         count = pc.fill_null(pc.cast(parsed.column("count"), pa.int16()), 0)
-        counting = pc.greater_equal(count, 2)
-        has_text = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
-        sampled = pa.array(sample_fraction(pc.fill_null(ids, ""), self.cfg.seed) < self.cfg.non_counting_rate)
-
-        status = np.full(len(batch), "ok", dtype=object)
-        status[~np.asarray(has_text)] = "no_caption"
-        status[np.asarray(has_text) & ~np.asarray(counting) & ~np.asarray(sampled)] = "not_sampled"
+        counting = np.asarray(pc.greater_equal(count, 2))
+        has_text = np.asarray(pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False))
         missing_url = np.asarray(pc.fill_null(pc.equal(pc.utf8_length(pc.fill_null(url, "")), 0), True))
-        status[missing_url & (status == "ok")] = "missing_url"
+        candidates = has_text & ~counting  # rows without a count: kept at non_counting_rate
+        sampled = np.zeros(len(batch), dtype=bool)
+        if self.cfg.non_counting_rate >= 1.0:
+            sampled = candidates
+        elif self.cfg.non_counting_rate > 0.0:  # hash only the candidates' ids
+            where = np.flatnonzero(candidates)
+            picked = pc.take(pc.fill_null(ids, ""), pa.array(where))
+            sampled[where] = sample_fraction(picked, self.cfg.seed) < self.cfg.non_counting_rate
 
+        # Status as small integer codes, turned into strings once by Arrow (not row by row).
+        status = np.zeros(len(batch), dtype=np.int8)  # ok
+        status[candidates & ~sampled] = 2  # not_sampled
+        status[missing_url & (status == 0) & has_text] = 3  # missing_url
+        status[~has_text] = 1  # no_caption
         rows = pa.table({
             "sample_id": ids,
             "url": url,
             "caption": text,
             "caption_count": count,
             "noun": parsed.column("noun"),
-            "kind": pa.array(np.where(np.asarray(counting), "counting", "non_counting")),
-            "status": pa.array(status, pa.string()),
+            "kind": pc.if_else(pa.array(counting), "counting", "non_counting"),
+            "status": pa.DictionaryArray.from_arrays(pa.array(status), _STATUSES).cast(pa.string()),
             "n_rows": pa.array(np.ones(len(batch), dtype=np.int64)),
         })
         return fold_rejects(rows)
