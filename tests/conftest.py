@@ -135,6 +135,14 @@ def _agent_ports() -> list[str]:
     return [f"{flag}={free_port()}" for flag in flags]
 
 
+def ray_job_submit(cluster: dict, script: str, config: Path, timeout: int) -> subprocess.CompletedProcess:
+    """`ray job submit` of one of ray_jobs/ with its config, as a user runs it on `cluster`."""
+    return subprocess.run(
+        [str(REPO / ".venv/bin/ray"), "job", "submit", "--address", cluster["address"], "--working-dir", str(REPO),
+         "--", sys.executable, script, "--config", str(config)],
+        env=cluster["env"], capture_output=True, text=True, timeout=timeout)
+
+
 def _wait_for_job_agent(address: str, timeout: float = 180) -> None:
     """`ray start` returns before the head's dashboard agent registers; until it does, job submission
     answers "No available agent to submit job". Submit a no-op job until one is accepted and finishes."""

@@ -2,8 +2,6 @@
 
 import http.server
 import json
-import subprocess
-import sys
 import threading
 
 import pyarrow as pa
@@ -14,7 +12,7 @@ from countclip.data.build import BuildConfig, build_dataset
 from countclip.data.shards import read_manifest
 from countclip.world_files import png_bytes, write_source
 
-from .conftest import REPO, VERIFIER
+from .conftest import VERIFIER, ray_job_submit
 
 
 def config(source, output, *overrides, truth=None):
@@ -171,10 +169,7 @@ def test_ray_job_submit_on_two_nodes_spreads_fetch_and_verify(source, tmp_path, 
                  "cluster.fetch_cpus=0.25", "cluster.verify_cpus=0.5", "cluster.batch_rows=32",
                  "cluster.fetch_resources={fetch_slot: 1}", "cluster.verify_resources={verify_slot: 1}")
     (tmp_path / "job.yaml").write_text(cfg.to_yaml())
-    proc = subprocess.run(
-        [str(REPO / ".venv/bin/ray"), "job", "submit", "--address", ray_cluster["address"], "--working-dir", str(REPO),
-         "--", sys.executable, "ray_jobs/build_dataset.py", "--config", str(tmp_path / "job.yaml")],
-        env=ray_cluster["env"], capture_output=True, text=True, timeout=900)
+    proc = ray_job_submit(ray_cluster, "ray_jobs/build_dataset.py", tmp_path / "job.yaml", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     manifest = read_manifest(str(tmp_path / "out"))
     assert len(manifest["nodes"]["fetch"]) == 2 and len(manifest["nodes"]["verify"]) == 2, manifest["nodes"]

@@ -136,20 +136,14 @@ def test_fsdp_on_two_workers_matches_one_process_and_survives_a_worker_kill(data
 
 @pytest.mark.slow
 def test_ray_job_submit_trains_on_two_nodes_and_logs_to_an_mlflow_server(dataset, tmp_path, ray_cluster, mlflow_server):
-    import subprocess
-    import sys
-
     import mlflow
 
-    from .conftest import REPO
+    from .conftest import ray_job_submit
 
     cfg = job(dataset, tmp_path, f"tracking.uri={mlflow_server['url']}", "tracking.experiment=submitted",
               "name=submitted", "train.steps=4", "scaling.cpus_per_worker=2")  # a whole node each
     (tmp_path / "train.yaml").write_text(cfg.to_yaml())
-    proc = subprocess.run(
-        [str(REPO / ".venv/bin/ray"), "job", "submit", "--address", ray_cluster["address"], "--working-dir", str(REPO),
-         "--", sys.executable, "ray_jobs/train.py", "--config", str(tmp_path / "train.yaml")],
-        env=ray_cluster["env"], capture_output=True, text=True, timeout=1200)
+    proc = ray_job_submit(ray_cluster, "ray_jobs/train.py", tmp_path / "train.yaml", timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = mlflow.MlflowClient(mlflow_server["url"])
     runs = client.search_runs([client.get_experiment_by_name("submitted").experiment_id])
