@@ -1,8 +1,10 @@
 """Caption filter in Ray Data: the vectorised stage against a per-row Python-regex stage.
 
 Same synthetic LAION-like parquet (default 1 M rows, ~3 % with a number word), same run, on 1 and on
-2 CPUs; prints rows/s and the ratio, and the ratio net of a no-op pass over the same blocks (Ray
-Data's fixed cost of a pass, which the stages do not control), and writes JSON.
+2 CPUs; the two stages and a no-op pass run interleaved for --rounds rounds (this shared machine's
+speed drifts by tens of percent from minute to minute). Prints the median rows/s, the median of the
+per-round ratios, and the ratio net of the no-op pass (Ray Data's fixed cost of a pass, which the
+stages do not control), and writes JSON.
 
     .venv/bin/python bench/filter_bench.py --rows 1000000 --out bench/results/filter.json
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -48,26 +51,35 @@ def per_row_stage(batch):
     return batch[batch["caption_count"] > 0]
 
 
-def run(path: Path, cpus: int, mode: str) -> float:
-    """Seconds for one map_batches pass over the in-memory blocks: "noop" (Ray Data's own floor),
-    "per_row" or "vectorised"."""
-    import ray
-
+def stage(mode: str):
+    """The map_batches pass of one mode: "noop" (Ray Data's own floor), "per_row" or "vectorised"."""
     from countclip.data.captions import CaptionConfig, CaptionFilter
+
+    if mode == "vectorised":
+        return dict(fn=CaptionFilter(CaptionConfig(non_counting_rate=0.0)), batch_format="pyarrow")
+    if mode == "per_row":
+        return dict(fn=per_row_stage, batch_format="pandas")
+    return dict(fn=lambda batch: batch.slice(0, 0), batch_format="pyarrow")
+
+
+MODES = ("noop", "per_row", "vectorised")
+
+
+def run(path: Path, cpus: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each mode's pass over the same in-memory blocks, the modes interleaved round by
+    round so that a slow spell of this shared machine hits all of them alike."""
+    import ray
 
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
         ds = ray.data.read_parquet(str(path), override_num_blocks=cpus * 4).materialize()  # timed passes read nothing
-        tic = time.perf_counter()
-        if mode == "vectorised":
-            out = ds.map_batches(CaptionFilter(CaptionConfig(non_counting_rate=0.0)), batch_format="pyarrow",
-                                 batch_size=16384)
-        elif mode == "per_row":
-            out = ds.map_batches(per_row_stage, batch_format="pandas", batch_size=16384)
-        else:
-            out = ds.map_batches(lambda batch: batch.slice(0, 0), batch_format="pyarrow", batch_size=16384)
-        out.materialize()
-        return time.perf_counter() - tic
+        seconds: dict[str, list[float]] = {mode: [] for mode in MODES}
+        for _ in range(rounds):
+            for mode in MODES:
+                tic = time.perf_counter()
+                ds.map_batches(**stage(mode), batch_size=16384).materialize()
+                seconds[mode].append(time.perf_counter() - tic)
+        return seconds
     finally:
         ray.shutdown()
 
@@ -75,23 +87,28 @@ def run(path: Path, cpus: int, mode: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved passes of each mode; medians are reported")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     from countclip.environment import configure_environment
 
     configure_environment()
-    results = {"rows": args.rows}
+    results = {"rows": args.rows, "rounds": args.rounds}
     with tempfile.TemporaryDirectory() as folder:
         path = synthetic_source(args.rows, Path(folder))
         for cpus in (1, 2):
-            seconds = {mode: run(path, cpus, mode) for mode in ("noop", "per_row", "vectorised")}
+            runs = run(path, cpus, args.rounds)
+            seconds = {mode: statistics.median(values) for mode, values in runs.items()}
             per_row, vector = args.rows / seconds["per_row"], args.rows / seconds["vectorised"]
+            ratios = [p / v for p, v in zip(runs["per_row"], runs["vectorised"])]  # per round, same spell
             # Net of the floor: what the stages themselves cost, without Ray Data's fixed scheduling time.
             net = (seconds["per_row"] - seconds["noop"]) / max(seconds["vectorised"] - seconds["noop"], 1e-9)
-            results[f"{cpus}cpu"] = {"seconds": seconds, "per_row_rows_per_s": per_row, "vectorised_rows_per_s": vector,
-                                     "speedup": vector / per_row, "speedup_net_of_noop": net}
+            results[f"{cpus}cpu"] = {"seconds": runs, "median_seconds": seconds, "per_row_rows_per_s": per_row,
+                                     "vectorised_rows_per_s": vector, "speedup_per_round": ratios,
+                                     "speedup": statistics.median(ratios), "speedup_net_of_noop": net}
             print(f"{cpus} CPU: no-op pass {seconds['noop']:.2f}s; per-row {per_row:,.0f} rows/s, vectorised "
-                  f"{vector:,.0f} rows/s: {vector / per_row:.1f}x ({net:.1f}x net of the no-op pass)", flush=True)
+                  f"{vector:,.0f} rows/s: {statistics.median(ratios):.1f}x (rounds: "
+                  f"{', '.join(f'{r:.1f}x' for r in ratios)}; {net:.1f}x net of the no-op pass)", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 

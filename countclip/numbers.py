@@ -48,6 +48,7 @@ become null rows too (a corrupt caption is no caption), never an exception. Span
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -62,12 +63,29 @@ NUMBER_WORDS: dict[str, int] = {
 COUNTS = tuple(range(2, 11))
 _WORD_FOR = {count: word for word, count in NUMBER_WORDS.items()}
 
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c}{c.upper()}]" for c in word)
+
+
+def _number_word_pattern() -> str:
+    """two|three|...|ten in any ASCII case, grouped by first letter ([tT](?:wo|hree|en)|...),
+    so the regex engine tries one branch per letter instead of nine."""
+    rests: dict[str, list[str]] = {}
+    for word in NUMBER_WORDS:
+        rests.setdefault(word[0], []).append(word[1:])
+    return "|".join(f"{_any_case(first)}(?:{'|'.join(map(_any_case, tails))})" for first, tails in rests.items())
+
+
 # ASCII-only case-insensitivity ([tT][wW][oO]) and Unicode word boundaries: every match is also
 # a match of the RE2 prefilter (ASCII \b, ignore_case), so the vectorised form sees a superset.
-_ANY_CASE = ("".join(f"[{c}{c.upper()}]" for c in word) for word in NUMBER_WORDS)
-_NUMBER_RE = re.compile(r"(?<!\w)(?:" + "|".join(_ANY_CASE) + r")(?!\w)")
+# The leading look-ahead on the first letters lets the engine skip other positions quickly.
+_NUMBER_RE = re.compile(r"(?=[tTfFsSeEnN])(?<!\w)(?:" + _number_word_pattern() + r")(?!\w)")
 _PREFILTER_RE2 = r"\b(?:" + "|".join(NUMBER_WORDS) + r")\b"
-_PREV_WORD_RE = re.compile(r"\w+(?:['’]\w+)*")
+# The last two words before a number word, read on the reversed left context: a word,
+# \w+(?:['’]\w+)*, reads the same reversed, so one match replaces scanning every word.
+_LAST_WORDS_REVERSED_RE = re.compile(r"(\W*)(\w+(?:['’]\w+)*)(?:\W*(\w+(?:['’]\w+)*))?")
 _NEXT_TOKEN_RE = re.compile(r"(\W*)(\w+(?:[-'’]\w+)*)")  # (separator, word), "all-star" one word
 _DIGIT_NOTE_RE = re.compile(r"\s*\(?\d+\)?(?=\s|$)")  # "five 5 holiday", "ten (10) coins"
 _NUMBERING_SEP_RE = re.compile(r"\s+#?\s*")  # "part two", "episode #2"
@@ -79,6 +97,9 @@ _AFTER_RE = re.compile(
     r"|and\s+(?:an?\s+)?half\b|point\s+\w)",
     re.IGNORECASE,
 )
+# Every character that can follow the spaces in an _AFTER_RE match, where it is ASCII: most
+# number words are followed by none of them, and skip the regex.
+_AFTER_START = frozenset("oapiOAPI%")
 _WINDOW = 64  # characters of context read on each side of a number word
 _DASHES = frozenset("-‐‑–—")
 _APOSTROPHES = frozenset("'’")
@@ -162,13 +183,16 @@ def parse_caption(caption: str | None) -> CaptionCount | None:
     if not isinstance(caption, str):
         kind = type(caption).__name__
         raise TypeError(f"caption must be a str or None, got {kind}: {caption!r:.80}")
-    matches = (m.span() for m in _NUMBER_RE.finditer(caption))
-    spans = tuple((s, e) for s, e in matches if _is_counted(caption, s, e))
+    spans = []
+    for match in _NUMBER_RE.finditer(caption):
+        start, end = match.span()
+        if _is_counted(caption, start, end):
+            spans.append((start, end))
     counts = {NUMBER_WORDS[caption[s:e].lower()] for s, e in spans}
     if len(counts) != 1:  # no count, or several different ones: ambiguous for a counting pair
         return None
     phrase = _noun_phrase(caption[spans[0][1]:spans[0][1] + _WINDOW])
-    return CaptionCount(counts.pop(), spans, " ".join(phrase), phrase[-1] if phrase else "")
+    return CaptionCount(counts.pop(), tuple(spans), " ".join(phrase), phrase[-1] if phrase else "")
 
 
 def count_from_caption(caption: str | None) -> int | None:
@@ -224,14 +248,13 @@ def _parse_chunk(strings: pa.Array) -> pa.RecordBatch:
     # (N,) bool: the few rows with any number word; the rest never leave Arrow.
     has_number = pc.match_substring_regex(strings, _PREFILTER_RE2, ignore_case=True)
     has_number = pc.fill_null(has_number, False)
-    parsed = [parse_caption(c) for c in pc.filter(strings, has_number).to_pylist()]
-    values = {
-        "count": [p and p.count for p in parsed],
-        "noun": [p and p.noun for p in parsed],
-        "noun_phrase": [p and p.noun_phrase for p in parsed],
-        "span_start": [p and p.spans[0][0] for p in parsed],
-        "span_end": [p and p.spans[0][1] for p in parsed],
-    }
+    values: dict[str, list] = {field.name: [] for field in _SCHEMA}
+    columns = list(values.values())
+    for caption in pc.filter(strings, has_number).to_pylist():
+        p = parse_caption(caption)
+        row = (p.count, p.noun, p.noun_phrase, p.spans[0][0], p.spans[0][1]) if p else (None,) * 5
+        for column, value in zip(columns, row):
+            column.append(value)
     columns = [
         pc.replace_with_mask(
             pa.nulls(len(strings), field.type), has_number, pa.array(values[field.name], field.type)
@@ -303,11 +326,15 @@ def _is_counted(caption: str, start: int, end: int) -> bool:
     if _glued(caption, start, end):
         return False
     left = caption[max(0, start - _WINDOW):start]
-    previous = list(_PREV_WORD_RE.finditer(left))[-2:]
-    words = [m.group().lower() for m in reversed(previous)]  # [word before, the one before that]
-    before_sep = left[previous[-1].end():] if previous else left
+    last = _LAST_WORDS_REVERSED_RE.match(left[::-1])
+    if last:  # [word before, the one before that], and what separates the first from the number
+        before_sep, word1, word2 = last.groups("")
+        words = [word1[::-1].lower(), word2[::-1].lower()]
+        before_sep = before_sep[::-1]
+    else:
+        words, before_sep = [], left
     right = caption[end:end + _WINDOW]
-    after = [(sep, word.lower()) for sep, word in _NEXT_TOKEN_RE.findall(right)[:3]]
+    after = _tokens(right)[:3]
     bare = not after or bool(after[0][0].strip())  # only punctuation, or nothing, follows
     return not (
         _excluded_by_before(words, before_sep, bare, right)
@@ -337,7 +364,7 @@ def _excluded_by_before(words: list[str], sep: str, bare: bool, right: str) -> b
         (plain and w1 in _NUMBERISH)  # "twenty two", "one two three"
         or (plain and w1 in _CONNECTORS and _is_numberish(w2))  # "two or three", "five past two"
         or (w1, w2) in (("of", "out"), ("to", "up"))  # "nine out of ten", "up to ten"
-        or (bool(_RANGE_SEP_RE.fullmatch(sep)) and _is_numberish(w1))  # "2 - three", "2/three"
+        or (_is_numberish(w1) and bool(_RANGE_SEP_RE.fullmatch(sep)))  # "2 - three", "2/three"
         or (w1 in _NUMBERING_PREV and bool(_NUMBERING_SEP_RE.fullmatch(sep)))  # "part two"
         or (w1 in _NUMBERING_ABBREV and bool(_ABBREV_SEP_RE.fullmatch(sep)))  # "No. 2"
         or (plain and (w1 in _APPROX_PREV or w1 in _NOT_COUNT_PREV))  # "about ten", "aged three"
@@ -347,15 +374,16 @@ def _excluded_by_before(words: list[str], sep: str, bare: bool, right: str) -> b
     )
 
 
-def _excluded_by_after(after: list[tuple[str, str]], right: str) -> bool:
-    if _AFTER_RE.match(right):  # o'clock, pm, percent, "two and a half", "two point five"
-        return True
+def _excluded_by_after(after: tuple[tuple[str, str], ...], right: str) -> bool:
+    first = right.lstrip()[:1]  # \s* and str.lstrip skip the same (Unicode) spaces
+    if first and (first in _AFTER_START or not first.isascii()) and _AFTER_RE.match(right):
+        return True  # o'clock, pm, percent, "two and a half", "two point five"
     if not after:
         return False
-    (sep1, w1), (sep2, w2) = (after + [("", ""), ("", "")])[:2]
+    (sep1, w1), (sep2, w2) = (list(after) + [("", ""), ("", "")])[:2]
     w1 = w1.split("-")[0]  # "hundred-year-old" -> "hundred"
     w2 = w2.split("-")[0]
-    if _RANGE_SEP_RE.fullmatch(sep1):
+    if not sep1.isspace() and _RANGE_SEP_RE.fullmatch(sep1):
         return _is_numberish(w1)  # "two - 3", "two/three"
     if not sep1.isspace():
         return False
@@ -377,7 +405,7 @@ def _noun_phrase(right: str) -> list[str]:
     """
     note = _DIGIT_NOTE_RE.match(right)
     right = right[note.end():] if note else right
-    tokens = [(sep, word.lower()) for sep, word in _NEXT_TOKEN_RE.findall(right)[:10]]
+    tokens = _tokens(right)
     if len(tokens) > 2 and tokens[0][1] == "of" and tokens[1][1] in _PARTITIVE:
         tokens = tokens[2:]  # "seven of the American League players"
     words: list[str] = []
@@ -388,11 +416,22 @@ def _noun_phrase(right: str) -> list[str]:
         words.append(word)
     while words and words[-1] == _JOINER:
         words.pop()
-    plural = next((i for i, w in enumerate(words) if _looks_plural(w)), None)
-    if plural is not None:
-        return _last_four(words[:plural + 1])  # "cute little girls" (having fun)
-    verb = next((i for i, w in enumerate(words) if i and len(w) > 4 and w.endswith("ing")), None)
-    return _last_four(words[:verb])  # "bottle package" (including ...)
+    for i, word in enumerate(words):
+        if _looks_plural(word):
+            return _last_four(words[:i + 1])  # "cute little girls" (having fun)
+    for i, word in enumerate(words):
+        if i and len(word) > 4 and word.endswith("ing"):
+            return _last_four(words[:i])  # "bottle package" (including ...)
+    return _last_four(words)
+
+
+@functools.lru_cache(maxsize=256)
+def _tokens(text: str) -> tuple[tuple[str, str], ...]:
+    """The first ten (separator, lower-cased word) pairs of text. Cached: a number word's right
+    context is read by `_is_counted` and again by `_noun_phrase`."""
+    if text.isascii():  # lower-casing ASCII changes no word boundary: one call for the window
+        return tuple(_NEXT_TOKEN_RE.findall(text.lower())[:10])
+    return tuple((sep, word.lower()) for sep, word in _NEXT_TOKEN_RE.findall(text)[:10])
 
 
 def _last_four(words: list[str]) -> list[str]:

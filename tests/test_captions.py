@@ -49,3 +49,15 @@ def test_missing_column_is_a_clear_error():
     with pytest.raises(ValueError, match=r"no column\(s\) \['TEXT'\].*captions.text_column"):
         CaptionFilter(CaptionConfig())(source(URL=["a"], caption=["two dogs"]))
     check_columns(CaptionConfig(text_column="caption"), ["URL", "caption"])
+
+
+def test_blank_captions_of_any_whitespace_and_empty_urls_are_rejected_by_reason():
+    batch = source(
+        URL=["u1", "u2", "", "u4"],
+        TEXT=["\u00a0\u2003 ", "", "two dogs", "two dogs\u3000"],
+    )
+    out = CaptionFilter(CaptionConfig(non_counting_rate=1.0))(batch).to_pandas()
+    assert out[out.status == "ok"].url.tolist() == ["u4"]
+    rejected = out[out.status != "ok"].set_index("status").n_rows.to_dict()
+    assert rejected == {"no_caption": 2, "missing_url": 1}
+    assert out.n_rows.sum() == batch.num_rows

@@ -85,60 +85,65 @@ class CaptionFilter:
         check_columns(self.cfg, batch.column_names)
         text = _as_text(batch.column(self.cfg.text_column))
         url = pc.cast(batch.column(self.cfg.url_column), pa.string())
-        ids = (pc.cast(batch.column(self.cfg.id_column), pa.string()) if self.cfg.id_column
-               else pc.binary_join_element_wise("u:", url, ""))
         parsed = parse_captions(text)
         count = pc.fill_null(pc.cast(parsed.column("count"), pa.int16()), 0)
         counting = np.asarray(pc.greater_equal(count, 2))
-        has_text = np.asarray(pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False))
-        missing_url = np.asarray(pc.fill_null(pc.equal(pc.utf8_length(pc.fill_null(url, "")), 0), True))
+        # Some text: not null, not empty, not only (Unicode) spaces; counted on offsets, no copies.
+        has_text = np.asarray(pc.fill_null(pc.and_(pc.greater(pc.binary_length(text), 0),
+                                                   pc.invert(pc.utf8_is_space(text))), False))
+        missing_url = np.asarray(pc.fill_null(pc.equal(pc.binary_length(url), 0), True))
         candidates = has_text & ~counting  # rows without a count: kept at non_counting_rate
         sampled = np.zeros(len(batch), dtype=bool)
         if self.cfg.non_counting_rate >= 1.0:
             sampled = candidates
         elif self.cfg.non_counting_rate > 0.0:  # hash only the candidates' ids
-            where = np.flatnonzero(candidates)
-            picked = pc.take(pc.fill_null(ids, ""), pa.array(where))
-            sampled[where] = sample_fraction(picked, self.cfg.seed) < self.cfg.non_counting_rate
+            where = pa.array(np.flatnonzero(candidates))
+            sampled[where] = sample_fraction(self._ids(batch, url, where), self.cfg.seed) < self.cfg.non_counting_rate
 
-        # Status as small integer codes, turned into strings once by Arrow (not row by row).
-        status = np.zeros(len(batch), dtype=np.int8)  # ok
+        status = np.zeros(len(batch), dtype=np.int8)  # codes into _STATUSES; 0 is ok
         status[candidates & ~sampled] = 2  # not_sampled
         status[missing_url & (status == 0) & has_text] = 3  # missing_url
         status[~has_text] = 1  # no_caption
-        rows = pa.table({
-            "sample_id": ids,
-            "url": url,
-            "caption": text,
-            "caption_count": count,
-            "noun": parsed.column("noun"),
-            "kind": pc.if_else(pa.array(counting), "counting", "non_counting"),
-            "status": pa.DictionaryArray.from_arrays(pa.array(status), _STATUSES).cast(pa.string()),
-            "n_rows": pa.array(np.ones(len(batch), dtype=np.int64)),
-        })
-        return fold_rejects(rows)
+        # Only the kept rows are gathered; the rejected ones are only counted (by status and kind).
+        ok = pa.array(np.flatnonzero(status == 0))
+        kept = pa.table({
+            "sample_id": self._ids(batch, url, ok),
+            "url": url.take(ok),
+            "caption": pc.cast(text.take(ok), pa.string()),
+            "caption_count": count.take(ok),
+            "noun": parsed.column("noun").take(ok),
+            "kind": pc.if_else(pa.array(counting).take(ok), "counting", "non_counting"),
+            "status": pa.repeat("ok", len(ok)),
+            "n_rows": pa.array(np.ones(len(ok), dtype=np.int64)),
+        }, schema=_ROW_SCHEMA)
+        return pa.concat_tables([kept, _reject_summary(status, counting)])
+
+    def _ids(self, batch: pa.Table, url: pa.ChunkedArray, rows: pa.Array) -> pa.Array:
+        """The stable ids of the given rows: the id column, or "u:" + URL."""
+        if self.cfg.id_column:
+            return pc.cast(batch.column(self.cfg.id_column).take(rows), pa.string())
+        return pc.binary_join_element_wise("u:", url.take(rows), "")
 
 
-def fold_rejects(rows: pa.Table) -> pa.Table:
-    """Keep the ok rows; replace the others by one summary row per (status, kind)."""
-    ok = pc.equal(rows.column("status"), "ok")
-    kept = rows.filter(ok)
-    rejected = rows.filter(pc.invert(ok))
-    if rejected.num_rows == 0:
-        return kept
-    summary = rejected.group_by(["status", "kind"]).aggregate([("n_rows", "sum")])
-    n = summary.num_rows
-    folded = pa.table({
+_ROW_SCHEMA = pa.schema(list(STAGE_COLUMNS.items()))
+
+
+def _reject_summary(status: np.ndarray, counting: np.ndarray) -> pa.Table:
+    """One row per (status, kind) of the rejected rows, whose n_rows says how many it stands for."""
+    code = status.astype(np.int64) * 2 + counting  # (status, kind) in one small integer
+    n_rows = np.bincount(code[status != 0], minlength=2 * len(_STATUSES))
+    groups = np.flatnonzero(n_rows)
+    n = len(groups)
+    return pa.table({
         "sample_id": pa.nulls(n, pa.string()),
         "url": pa.nulls(n, pa.string()),
         "caption": pa.nulls(n, pa.string()),
         "caption_count": pa.array(np.zeros(n, dtype=np.int16)),
         "noun": pa.nulls(n, pa.string()),
-        "kind": summary.column("kind"),
-        "status": summary.column("status"),
-        "n_rows": summary.column("n_rows_sum"),
-    })
-    return pa.concat_tables([kept, folded.cast(kept.schema)])
+        "kind": pa.array(np.where(groups % 2 == 1, "counting", "non_counting").tolist(), pa.string()),
+        "status": _STATUSES.take(pa.array(groups // 2)),
+        "n_rows": pa.array(n_rows[groups], pa.int64()),
+    }, schema=_ROW_SCHEMA)
 
 
 def _as_text(column) -> pa.ChunkedArray | pa.Array:
