@@ -1,16 +1,21 @@
 """YOLO verification: the verify stage inside Ray Data against a bare Ultralytics predict loop on the
 same images, images/s at steady state, with 1 and 2 actors/CPUs.
 
-    .venv/bin/python bench/verify_bench.py --images 512 --out bench/results/verify_cpu.json
+    .venv/bin/python bench/verify_bench.py --images 512 --rounds 3 --out bench/results/verify_cpu.json
 
 The Ray Data side runs the stage class the build uses (decode + predict + counting) in an actor pool;
-steady state is timed from the first finished batch to the last.
+steady state is timed from the first finished batch to the last. Two bare loops in this process are
+its baselines: ``model.predict`` on the already-decoded arrays (predict alone), and the same loop
+that first decodes the encoded images with PIL, as any loop over real image files must (the work the
+stage has to do, without Ray Data). The three run interleaved for --rounds rounds, because this
+shared machine's speed drifts by tens of percent from minute to minute; medians are reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -27,19 +32,21 @@ def make_images(n: int, size: int):
     return arrays, [png_bytes(a) for a in arrays], [s.count for s in scenes]
 
 
-def bare_loop(arrays, cfg, threads: int) -> float:
+def bare_loop(images, cfg, threads: int, decode: bool) -> float:
+    """Images/s of a plain predict loop: on decoded RGB arrays, or (decode=True) on encoded bytes."""
     import torch
 
-    from countclip.data.verify import YoloVerifier
+    from countclip.data.verify import YoloVerifier, decode_rgb
 
     torch.set_num_threads(threads)
     model = YoloVerifier(cfg).model
-    model.predict([a[..., ::-1] for a in arrays[: cfg.batch_size]], imgsz=cfg.image_size, verbose=False)
+    prepare = (lambda item: decode_rgb(item)[..., ::-1]) if decode else (lambda item: item[..., ::-1])
+    model.predict([prepare(item) for item in images[: cfg.batch_size]], imgsz=cfg.image_size, verbose=False)
     tic = time.perf_counter()
-    for start in range(0, len(arrays), cfg.batch_size):
-        model.predict([a[..., ::-1] for a in arrays[start:start + cfg.batch_size]], imgsz=cfg.image_size,
+    for start in range(0, len(images), cfg.batch_size):
+        model.predict([prepare(item) for item in images[start:start + cfg.batch_size]], imgsz=cfg.image_size,
                       conf=cfg.confidence, verbose=False)
-    return len(arrays) / (time.perf_counter() - tic)
+    return len(images) / (time.perf_counter() - tic)
 
 
 class ThreadedVerifier:
@@ -56,49 +63,61 @@ class ThreadedVerifier:
 
 
 def in_ray_data(encoded, counts, cfg, actors: int) -> float:
+    """Steady-state images/s of the verify stage in an actor pool of `actors` (Ray must be up)."""
     import ray
     from ray.data import ActorPoolStrategy
 
-    ray.init(num_cpus=actors, include_dashboard=False, log_to_driver=False)
-    try:
-        n = len(encoded)
-        items = ray.data.from_items([{"image": e, "fetch_status": "ok", "caption_count": c, "noun": "circles"}
-                                     for e, c in zip(encoded, counts)], override_num_blocks=max(1, n // cfg.batch_size))
-        items = items.materialize()
-        out = items.map_batches(ThreadedVerifier, fn_constructor_args=(cfg, 1), batch_format="numpy",
-                                batch_size=cfg.batch_size, compute=ActorPoolStrategy(size=actors), num_cpus=1)
-        first, rows_after_first, seen = None, 0, 0
-        for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-            now = time.perf_counter()
-            if first is None:
-                first = now
-            else:
-                rows_after_first += len(batch["verified"])
-            seen += len(batch["verified"])
-        return rows_after_first / (time.perf_counter() - first)
-    finally:
-        ray.shutdown()
+    n = len(encoded)
+    items = ray.data.from_items([{"image": e, "fetch_status": "ok", "caption_count": c, "noun": "circles"}
+                                 for e, c in zip(encoded, counts)], override_num_blocks=max(1, n // cfg.batch_size))
+    items = items.materialize()
+    out = items.map_batches(ThreadedVerifier, fn_constructor_args=(cfg, 1), batch_format="numpy",
+                            batch_size=cfg.batch_size, compute=ActorPoolStrategy(size=actors), num_cpus=1)
+    first, rows_after_first = None, 0
+    for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+        now = time.perf_counter()
+        if first is None:
+            first = now
+        else:
+            rows_after_first += len(batch["verified"])
+    return rows_after_first / (time.perf_counter() - first)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved runs of each loop; medians are reported")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    import ray
+
     from countclip.data.verify import VerifyConfig
     from countclip.environment import configure_environment
 
     configure_environment()
     cfg = VerifyConfig(weights="countworld", image_size=args.size, batch_size=32, device="cpu")
     arrays, encoded, counts = make_images(args.images, args.size)
-    results = {"images": args.images, "image_size": args.size}
+    results = {"images": args.images, "image_size": args.size, "rounds": args.rounds}
     for cpus in (1, 2):
-        bare = bare_loop(arrays, cfg, cpus)
-        ray_rate = in_ray_data(encoded, counts, cfg, cpus)
-        results[f"{cpus}cpu"] = {"bare_images_per_s": bare, "ray_data_images_per_s": ray_rate, "ratio": ray_rate / bare}
-        print(f"{cpus} CPU: bare predict {bare:.1f} img/s, Ray Data verify stage {ray_rate:.1f} img/s "
-              f"({ray_rate / bare:.2f}x)", flush=True)
+        runs: dict[str, list[float]] = {"bare_predict": [], "bare_decode_predict": [], "ray_data_stage": []}
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        try:
+            for _ in range(args.rounds):
+                runs["bare_predict"].append(bare_loop(arrays, cfg, cpus, decode=False))
+                runs["bare_decode_predict"].append(bare_loop(encoded, cfg, cpus, decode=True))
+                runs["ray_data_stage"].append(in_ray_data(encoded, counts, cfg, cpus))
+        finally:
+            ray.shutdown()
+        rate = {name: statistics.median(values) for name, values in runs.items()}
+        stage = rate["ray_data_stage"]
+        results[f"{cpus}cpu"] = {"images_per_s": runs, "median_images_per_s": rate,
+                                 "ratio_to_bare_predict": stage / rate["bare_predict"],
+                                 "ratio_to_bare_decode_predict": stage / rate["bare_decode_predict"]}
+        print(f"{cpus} CPU: bare predict {rate['bare_predict']:.1f} img/s, bare decode+predict "
+              f"{rate['bare_decode_predict']:.1f} img/s, Ray Data verify stage {stage:.1f} img/s: "
+              f"{stage / rate['bare_predict']:.2f}x predict alone, {stage / rate['bare_decode_predict']:.2f}x "
+              f"decode+predict", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 

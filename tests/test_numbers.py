@@ -138,6 +138,22 @@ def test_noun_phrase_and_noun(caption, phrase, noun):
     assert (parsed.noun_phrase, parsed.noun) == (phrase, noun)
 
 
+@pytest.mark.parametrize(
+    "caption,expected",
+    [
+        ("two dögs", (2, "dögs")),  # non-ASCII context: the general tokenizer, not the ASCII fast path
+        ("ÉTÉ two Ëlephants", (2, "ëlephants")),
+        ("Café’s two dogs", (2, "dogs")),  # curly apostrophe inside the word before
+        ("meet at ten\u00a0pm", None),  # a Unicode space before "pm" still reads as a clock time
+        ("two\u2003percent", None),
+        ("three o’clock", None),
+    ],
+)
+def test_unicode_context_reads_like_ascii(caption, expected):
+    parsed = parse_caption(caption)
+    assert (parsed and (parsed.count, parsed.noun)) == expected
+
+
 def test_parse_caption_is_a_frozen_record():
     parsed = parse_caption("Two dogs")
     assert parsed == CaptionCount(2, ((0, 3),), "dogs", "dogs")
