@@ -64,7 +64,6 @@ COUNTS = tuple(range(2, 11))
 _WORD_FOR = {count: word for word, count in NUMBER_WORDS.items()}
 
 
-
 def _any_case(word: str) -> str:
     return "".join(f"[{c}{c.upper()}]" for c in word)
 

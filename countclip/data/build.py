@@ -266,7 +266,8 @@ def _run_pipeline(cfg: BuildConfig, files: list[str], columns: list[str], stagin
     paths = [storage.arrow_filesystem(f)[1] for f in files]
     # Ray Data spreads tasks and actors over the nodes by default (DataContext.scheduling_strategy).
     c = cfg.cluster
-    rows = ray.data.read_parquet(paths, filesystem=filesystem, columns=cfg.captions.required_columns())
+    # Only the configured columns are read: Ray Data pushes select_columns down into the parquet read.
+    rows = ray.data.read_parquet(paths, filesystem=filesystem).select_columns(cfg.captions.required_columns())
     # The filter is vectorised over whole blocks. Its output (a few % of the rows) is then cut, in
     # streaming, into blocks of batch_rows: a read task's one big block would otherwise go to a
     # single fetch actor while the others idle.
