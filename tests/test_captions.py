@@ -2,7 +2,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from countclip.data.captions import CaptionConfig, CaptionFilter, check_columns, sample_fraction
+from countclip.data.captions import CaptionConfig, CaptionFilter, check_columns, hash_ids, sample_fraction
 
 
 def source(**columns):
@@ -61,3 +61,33 @@ def test_blank_captions_of_any_whitespace_and_empty_urls_are_rejected_by_reason(
     rejected = out[out.status != "ok"].set_index("status").n_rows.to_dict()
     assert rejected == {"no_caption": 2, "missing_url": 1}
     assert out.n_rows.sum() == batch.num_rows
+
+
+def _reference_hash(text: str, seed: int) -> int:
+    """hash_ids written out for one id, in Python integers."""
+    mask, prime = (1 << 64) - 1, 0x100000001B3
+    data = text.encode()
+    z = sum((byte + 1) * pow(prime, k, 1 << 64) for k, byte in enumerate(data)) & mask
+    z ^= (len(data) * 0x9E3779B97F4A7C15 + seed * 0xD1B54A32D192ED03 + 0x2545F4914F6CDD1D) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def test_id_hash_is_the_written_out_hash_on_any_layout():
+    ids = ["", "a", "u:https://example.com/" + "x" * 2000, "héllo wörld", "id7", "日本語のキャプション"]
+    array = pa.array(["pad", *ids])
+    for seed in (0, 5):
+        expected = np.array([_reference_hash(text, seed) for text in ids], dtype=np.uint64)
+        assert np.array_equal(hash_ids(array.slice(1), seed), expected)  # a slice with an offset
+        chunked = pa.chunked_array([pa.array(ids[:2]), pa.array(ids[2:])])
+        assert np.array_equal(hash_ids(chunked, seed), expected)
+    assert np.array_equal(hash_ids(pa.array([None, "a"]), 1), hash_ids(pa.array(["", "a"]), 1))  # null reads as ""
+    assert len(hash_ids(pa.array([], pa.string()), 0)) == 0
+
+
+def test_sample_fraction_is_uniform_and_spreads_similar_ids():
+    frac = sample_fraction(pa.array([f"u:https://x/{i}.jpg" for i in range(50000)]), seed=0)
+    histogram, _ = np.histogram(frac, bins=10, range=(0, 1))
+    assert histogram.min() > 4500 and histogram.max() < 5500  # 5000 expected per bin
+    assert len(np.unique(frac)) == len(frac)
