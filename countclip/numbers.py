@@ -382,10 +382,8 @@ def _excluded_by_after(after: tuple[tuple[str, str], ...], right: str) -> bool:
     (sep1, w1), (sep2, w2) = (list(after) + [("", ""), ("", "")])[:2]
     w1 = w1.split("-")[0]  # "hundred-year-old" -> "hundred"
     w2 = w2.split("-")[0]
-    if not sep1.isspace() and _RANGE_SEP_RE.fullmatch(sep1):
-        return _is_numberish(w1)  # "two - 3", "two/three"
-    if not sep1.isspace():
-        return False
+    if not sep1.isspace():  # punctuation: excluded only as a range, "two - 3", "two/three"
+        return bool(_RANGE_SEP_RE.fullmatch(sep1)) and _is_numberish(w1)
     return (
         w1 in _NUMBERISH or w1 in _UNITS or w1 in _FRACTIONS  # "two hundred", "three days"
         or (w1 == "quarters" and w2 == "of")  # "three quarters of"; "ten quarters" are coins

@@ -147,6 +147,7 @@ def test_noun_phrase_and_noun(caption, phrase, noun):
         ("meet at ten\u00a0pm", None),  # a Unicode space before "pm" still reads as a clock time
         ("two\u2003percent", None),
         ("three o’clock", None),
+        ("ten \u0131n the morning", None),  # dotless ı matches "in" case-insensitively: the regex must still run
     ],
 )
 def test_unicode_context_reads_like_ascii(caption, expected):
