@@ -29,7 +29,7 @@ def worker(rank: int, world: int, strategy: str, args, port: int, queue) -> None
     from countclip.environment import configure_environment
     from countclip.model import ModelConfig, count_parameters, create_model
     from countclip.train import LossConfig, OptimConfig, TrainConfig, train
-    from countclip.world import caption, render, sample_scene
+    from countclip.world.scenes import caption, render, sample_scene
 
     configure_environment()
     torch.set_num_threads(2 // world)

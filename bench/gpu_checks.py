@@ -29,7 +29,7 @@ def fsdp_checks(device: torch.device, small: bool, results: dict, save) -> None:
     from countclip.distributed import shard_model
     from countclip.model import ModelConfig, create_model
     from countclip.train import LossConfig, OptimConfig, TrainConfig, train
-    from countclip.world import caption, render, sample_scene
+    from countclip.world.scenes import caption, render, sample_scene
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29561")
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
@@ -78,8 +78,8 @@ def fsdp_checks(device: torch.device, small: bool, results: dict, save) -> None:
 
 def yolo_checks(device: str, small: bool, results: dict, save) -> None:
     from countclip.data.verify import VerifyConfig, YoloVerifier
-    from countclip.world import render, sample_scene
-    from countclip.world_files import png_bytes
+    from countclip.world.files import png_bytes
+    from countclip.world.scenes import render, sample_scene
 
     size, n, batch = (128, 64, 16) if small else (640, 1024, 64)
     rng = np.random.default_rng(1)

@@ -23,8 +23,8 @@ import numpy as np
 
 
 def make_images(n: int, size: int):
-    from countclip.world import render, sample_scene
-    from countclip.world_files import png_bytes
+    from countclip.world.files import png_bytes
+    from countclip.world.scenes import render, sample_scene
 
     rng = np.random.default_rng(0)
     scenes = [sample_scene(rng, int(rng.integers(2, 11)), shape="circle") for _ in range(n)]

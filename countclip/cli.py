@@ -1,21 +1,30 @@
-"""The ``countclip`` command. Thin: parse the config, call the library.
+"""The ``countclip`` command. Thin: parse the config, call the job or the library.
 
     countclip experiment     [--config FILE] [--seed N] [--out DIR] [field.sub=value ...]
     countclip build-dataset  --config FILE [field.sub=value ...]
     countclip train          --config FILE [field.sub=value ...]
     countclip evaluate       --config FILE [field.sub=value ...]
+    countclip config JOB     the job's full default config as YAML, each field's docstring as a comment
     countclip count IMAGE... --noun dogs --model CHECKPOINT|models:/name@alias [--arch countclip-tiny]
     countclip retrieve FOLDER --query "three dogs" --model ... [--top 5]
     countclip world make-source --out DIR [--rows N] [--seed N]
     countclip world train-verifier --out DIR [--epochs N] [--images N] [--seed N]
+
+Each command imports what it runs inside its own function: the jobs pull in Ray, torch and MLflow
+(seconds of imports), which `countclip --help` or `countclip config` should not pay for.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
-from countclip.config import ConfigError
+from countclip.config import ConfigError, commented_yaml
+from countclip.environment import configure_environment
+
+JOBS = ("build-dataset", "train", "evaluate", "experiment")
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(retrieve)
     retrieve.set_defaults(run=_retrieve)
 
+    config = commands.add_parser("config", help="print a job's default config as YAML, with each field's docstring")
+    config.add_argument("job", choices=JOBS)
+    config.set_defaults(run=_config)
+
     world = commands.add_parser("world", help="CountWorld files: a noisy LAION-style source, the verifier")
     world_commands = world.add_subparsers(dest="world_command", required=True)
     source = world_commands.add_parser("make-source", help="write a noisy LAION-style parquet source + ground truth")
@@ -94,8 +107,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def job_config_class(job: str):
+    """The config dataclass of a job (one of ``JOBS``)."""
+    if job == "build-dataset":
+        from countclip.jobs.build_dataset import BuildConfig as config_class
+    elif job == "train":
+        from countclip.jobs.train import TrainJobConfig as config_class
+    elif job == "evaluate":
+        from countclip.jobs.evaluate import EvalJobConfig as config_class
+    elif job == "experiment":
+        from countclip.jobs.experiment import ExperimentConfig as config_class
+    else:
+        raise ValueError(f"unknown job {job!r}; jobs are {list(JOBS)}")
+    return config_class
+
+
+# Fields a job cannot default (what to build from, what to evaluate): `countclip config` shows them
+# with a placeholder value to replace.
+PLACEHOLDERS = {
+    "build-dataset": ["source=[s3://bucket/laion/part-00000.parquet]"],
+    "evaluate": ["model.pretrained=runs/experiment/checkpoints/countclip.pt"],
+}
+
+
+def job_defaults(job: str):
+    """The job's default config, with ``PLACEHOLDERS`` where a field has no default."""
+    return job_config_class(job).load(None, PLACEHOLDERS.get(job, []))
+
+
+def _config(args: argparse.Namespace) -> int:
+    print(f"# countclip {args.job}: every field with its default (a file of these loads with --config)")
+    for item in PLACEHOLDERS.get(args.job, []):
+        print(f"# placeholder, replace it: {item}")
+    print(commented_yaml(job_defaults(args.job)), end="")
+    return 0
+
+
 def _experiment(args: argparse.Namespace) -> int:
-    from countclip.experiment import ExperimentConfig, run_experiment
+    from countclip.jobs.experiment import ExperimentConfig, run_experiment
 
     overrides = list(args.overrides)
     overrides += [f"seed={args.seed}"] if args.seed is not None else []
@@ -107,7 +156,7 @@ def _experiment(args: argparse.Namespace) -> int:
 
 
 def _build_dataset(args: argparse.Namespace) -> int:
-    from countclip.data.build import BuildConfig, build_dataset
+    from countclip.jobs.build_dataset import BuildConfig, build_dataset
 
     cfg = BuildConfig.load(args.config, list(args.overrides))
     build_dataset(cfg, echo=lambda line: print(line, flush=True))
@@ -115,7 +164,7 @@ def _build_dataset(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from countclip.trainer import TrainJobConfig, run_training
+    from countclip.jobs.train import TrainJobConfig, run_training
 
     cfg = TrainJobConfig.load(args.config, list(args.overrides))
     run_training(cfg, echo=lambda line: print(line, flush=True))
@@ -123,7 +172,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from countclip.evaluate_job import EvalJobConfig, run_evaluation
+    from countclip.jobs.evaluate import EvalJobConfig, run_evaluation
 
     cfg = EvalJobConfig.load(args.config, list(args.overrides))
     run_evaluation(cfg, echo=lambda line: print(line, flush=True))
@@ -131,20 +180,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predictor(args: argparse.Namespace):
-    from countclip.predict import CountPredictor
+    from countclip.predict import load_predictor
 
-    if args.model.startswith(("models:/", "runs:/")):
-        import mlflow.pyfunc
-
-        try:
-            return mlflow.pyfunc.load_model(args.model).unwrap_python_model().predictor
-        except Exception as exc:  # MLflow raises several types for a missing model or registry
-            raise FileNotFoundError(f"cannot load {args.model}: {exc}") from None
-    return CountPredictor.load(args.model, args.arch)
+    return load_predictor(args.model, args.arch)
 
 
 def _count(args: argparse.Namespace) -> int:
-    from countclip.predict import count_prompts, open_image
+    from countclip.images import open_image
+    from countclip.predict import count_prompts
 
     count_prompts(args.noun)  # an empty noun fails before the model loads
     images = [open_image(path) for path in args.images]
@@ -155,8 +198,6 @@ def _count(args: argparse.Namespace) -> int:
 
 
 def _retrieve(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from countclip.evaluate import IMAGE_SUFFIXES
 
     paths = sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -169,7 +210,7 @@ def _retrieve(args: argparse.Namespace) -> int:
 
 
 def _make_clean_dataset(args: argparse.Namespace) -> int:
-    from countclip.world_files import write_clean_dataset
+    from countclip.world.files import write_clean_dataset
 
     manifest = write_clean_dataset(args.out, seed=args.seed, rows=args.rows, image_size=args.image_size)
     print(f"dataset: {args.out} ({manifest['rows_written']} rows)")
@@ -177,7 +218,7 @@ def _make_clean_dataset(args: argparse.Namespace) -> int:
 
 
 def _make_source(args: argparse.Namespace) -> int:
-    from countclip.world_files import write_source
+    from countclip.world.files import write_source
 
     paths = write_source(args.out, seed=args.seed, rows=args.rows, image_size=args.image_size, grid=args.grid)
     print(f"source: {paths['source']}\nground truth: {paths['truth']}")
@@ -185,7 +226,7 @@ def _make_source(args: argparse.Namespace) -> int:
 
 
 def _train_verifier(args: argparse.Namespace) -> int:
-    from countclip.verifier import train_countworld_verifier
+    from countclip.world.detector import train_countworld_verifier
 
     path = train_countworld_verifier(args.out, seed=args.seed, images=args.images, epochs=args.epochs,
                                      image_size=args.image_size, device=args.device)
@@ -194,10 +235,8 @@ def _train_verifier(args: argparse.Namespace) -> int:
 
 
 def _eval_verifier(args: argparse.Namespace) -> int:
-    import json
-
     from countclip.data.verify import VerifyConfig
-    from countclip.verifier import evaluate_counts
+    from countclip.world.detector import evaluate_counts
 
     weights = VerifyConfig(weights=args.weights).resolved_weights()
     print(json.dumps(evaluate_counts(weights, seed=args.seed, n=args.n), indent=1))
@@ -205,8 +244,6 @@ def _eval_verifier(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from countclip.environment import configure_environment
-
     args = build_parser().parse_args(argv)
     configure_environment()
     try:

@@ -10,7 +10,11 @@ class's ``__post_init__`` and raise ``ConfigError`` saying how to fix the value.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import textwrap
 import types
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -199,4 +203,49 @@ def _coerce_scalar(value: Any, hint: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
-__all__ = ["ConfigBase", "ConfigError", "apply_override", "require"]
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (and of its dataclass bases), by name."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):  # no source (e.g. a frozen app): no comments
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, after in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+                docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def commented_yaml(cfg: ConfigBase) -> str:
+    """``cfg`` as YAML, each field preceded by its docstring as a comment; loads back to ``cfg``."""
+    return "\n".join(_commented_lines(cfg, 0)) + "\n"
+
+
+def _commented_lines(cfg: ConfigBase, depth: int) -> list[str]:
+    pad, lines = "  " * depth, []
+    docs = field_docs(type(cfg))
+    for f in dataclasses.fields(cfg):
+        if not f.init:
+            continue
+        value = getattr(cfg, f.name)
+        lines += [f"{pad}# {line}".rstrip() for line in docs.get(f.name, "").splitlines()]
+        if isinstance(value, ConfigBase):
+            lines.append(f"{pad}{f.name}:")
+            lines += _commented_lines(value, depth + 1)
+        else:
+            lines.append(f"{pad}{f.name}: {_flow(_plain(value))}")
+    return lines
+
+
+def _flow(value: Any) -> str:
+    """One YAML value on one line ("[0.9, 0.98]", "null", "'a: b'")."""
+    return yaml.safe_dump([value], default_flow_style=True, width=2**31).strip()[1:-1]
+
+
+__all__ = ["ConfigBase", "ConfigError", "apply_override", "commented_yaml", "field_docs", "require"]

@@ -36,6 +36,15 @@ def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
     return value / world_size()
 
 
+def gather_objects(value: object) -> list:
+    """Every rank's ``value``, in rank order (collective: every rank calls it); [value] alone."""
+    if not is_distributed():
+        return [value]
+    gathered: list = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The unsharded model state dict (collective under FSDP: call on every rank)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

@@ -21,6 +21,11 @@ TELEMETRY_OFF = {
 HUB_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
+def default_cache_dir() -> Path:
+    """$COUNTCLIP_CACHE, else a countclip folder in the system temp dir (never the home directory)."""
+    return Path(os.environ.get("COUNTCLIP_CACHE") or Path(tempfile.gettempdir()) / "countclip-cache")
+
+
 def offline_requested() -> bool:
     return os.environ.get("COUNTCLIP_OFFLINE", "1").strip().lower() not in ("0", "false", "no")
 
@@ -31,7 +36,7 @@ def configure_environment(cache_dir: str | Path | None = None, *, offline: bool 
     Caches of ultralytics and matplotlib go under ``cache_dir`` (default: a countclip folder in the
     system temp dir), so nothing is written to the home directory.
     """
-    cache = Path(cache_dir or os.environ.get("COUNTCLIP_CACHE") or Path(tempfile.gettempdir()) / "countclip-cache")
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     switches = dict(TELEMETRY_OFF)
     if offline_requested() if offline is None else offline:

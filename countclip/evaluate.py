@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from countclip import storage
-from countclip.numbers import COUNTS, NUMBER_WORDS, caption_variants
+from countclip.images import ImageError, read_image_file
+from countclip.numbers import COUNTS, WORD_FOR_COUNT, caption_variants, count_prompt
 
 REQUIRED_FIELDS = ("image_url", "text", "number")
-WORD_FOR_COUNT = {n: w for w, n in NUMBER_WORDS.items()}
 
 
 @dataclass
@@ -169,7 +169,7 @@ def evaluate_countbench(model, tokenizer, preprocess, bench_file: str | Path, im
             skipped["no_number_word"] = skipped.get("no_number_word", 0) + 1
             continue
         path = find_image(entry["image_url"], root, i)
-        image = _open_image(path) if path else None
+        image = open_benchmark_image(path) if path else None
         if image is None:
             missing += 1
             continue
@@ -182,11 +182,11 @@ def evaluate_countbench(model, tokenizer, preprocess, bench_file: str | Path, im
     return counting_report(np.array(truth), predicted, missing, skipped)
 
 
-def _open_image(path: Path) -> Image.Image | None:
+def open_benchmark_image(path: Path) -> Image.Image | None:
+    """The RGB image at ``path``, or None when it is missing or unreadable (it is then counted)."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return read_image_file(path)
+    except (OSError, ImageError):
         return None
 
 
@@ -246,7 +246,7 @@ def retrieval_metrics(model, tokenizer, images: torch.Tensor, counts: np.ndarray
     features = torch.cat([model.encode_image(images[i : i + 256].to(device), normalize=True)
                           for i in range(0, len(images), 256)])  # (N, D)
     pairs = sorted({(int(c), n) for c, n in zip(counts, nouns)})
-    queries = [f"a photo of {WORD_FOR_COUNT[c]} {n}" for c, n in pairs]
+    queries = [count_prompt(c, n) for c, n in pairs]
     text = model.encode_text(tokenizer(queries).to(device), normalize=True)  # (Q, D)
     top = (text @ features.T).topk(min(k, len(images)), dim=1).indices.cpu().numpy()  # (Q, k)
     nouns_arr = np.asarray(nouns)
@@ -274,7 +274,7 @@ def zeroshot_imagefolder(model, tokenizer, preprocess, root: str | Path, device=
     for index, name in enumerate(classes):
         files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit_per_class]
         for path in files:
-            image = _open_image(path)
+            image = open_benchmark_image(path)
             if image is None:
                 skipped += 1
                 continue

@@ -57,6 +57,29 @@ def known_architectures() -> list[str]:
     return open_clip.list_models()
 
 
+def check_architecture(arch: str) -> None:
+    """ConfigError naming similar known architectures unless open_clip knows ``arch``."""
+    register_architectures()
+    known = known_architectures()
+    if arch not in known:
+        close = [a for a in known if a.lower().startswith(arch.lower()[:5])][:8]
+        raise ConfigError(f"unknown architecture {arch!r}; similar known ones: {close or known[:8]} "
+                          "(open_clip.list_models() lists them all)")
+
+
+def preprocess_config(model: nn.Module) -> dict:
+    """The model's own image preprocessing: size (h, w), mean, std, interpolation, resize_mode."""
+    import open_clip
+
+    return dict(open_clip.get_model_preprocess_cfg(model))
+
+
+def image_size(model: nn.Module) -> int:
+    """The (square) input side of the model's image tower, in pixels."""
+    size = preprocess_config(model)["size"]
+    return int(size if isinstance(size, int) else size[0])
+
+
 def resolve_pretrained(arch: str, pretrained: str | None) -> str | None:
     """The tag or local file to hand open_clip; s3:// objects are downloaded once into the cache."""
     import open_clip
@@ -84,10 +107,7 @@ def create_model(cfg: ModelConfig, device: str | torch.device = "cpu"):
     """(model, image preprocess for evaluation, tokenizer), with clear errors for bad names or files."""
     import open_clip
 
-    register_architectures()
-    if cfg.arch not in known_architectures():
-        close = [a for a in known_architectures() if a.lower().startswith(cfg.arch.lower()[:5])][:8]
-        raise ConfigError(f"unknown architecture {cfg.arch!r}; similar known ones: {close or known_architectures()[:8]}")
+    check_architecture(cfg.arch)
     pretrained = resolve_pretrained(cfg.arch, cfg.pretrained)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(

@@ -40,8 +40,8 @@ same count repeated ("three dogs ... the three dogs") is one count; every occurr
 every one is rewritten in the variants, so no variant contradicts itself.
 
 Input: a str, or None. None, "" and whitespace give None; anything else (bytes, numbers, NaN,
-pandas NA) raises TypeError. `parse_captions`, the vectorised form for the data pipeline, is
-lenient instead: None, NaN and pandas NA become null rows, and bytes that are not valid UTF-8
+pandas NA) raises TypeError. `countclip.data.captions.parse_captions`, the vectorised form for the
+data pipeline, is lenient instead: None, NaN and pandas NA become null rows, and bytes that are not valid UTF-8
 become null rows too (a corrupt caption is no caption), never an exception. Spans are str
 (code point) offsets.
 """
@@ -49,19 +49,15 @@ become null rows too (a corrupt caption is no caption), never an exception. Span
 from __future__ import annotations
 
 import functools
-import math
 import re
 from dataclasses import dataclass
-
-import pyarrow as pa
-import pyarrow.compute as pc
 
 NUMBER_WORDS: dict[str, int] = {
     "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
     "seven": 7, "eight": 8, "nine": 9, "ten": 10,
 }
 COUNTS = tuple(range(2, 11))
-_WORD_FOR = {count: word for word, count in NUMBER_WORDS.items()}
+WORD_FOR_COUNT: dict[int, str] = {count: word for word, count in NUMBER_WORDS.items()}
 
 
 def _any_case(word: str) -> str:
@@ -81,7 +77,7 @@ def _number_word_pattern() -> str:
 # a match of the RE2 prefilter (ASCII \b, ignore_case), so the vectorised form sees a superset.
 # The leading look-ahead on the first letters lets the engine skip other positions quickly.
 _NUMBER_RE = re.compile(r"(?=[tTfFsSeEnN])(?<!\w)(?:" + _number_word_pattern() + r")(?!\w)")
-_PREFILTER_RE2 = r"\b(?:" + "|".join(NUMBER_WORDS) + r")\b"
+NUMBER_WORD_RE2 = r"\b(?:" + "|".join(NUMBER_WORDS) + r")\b"
 # The last two words before a number word, read on the reversed left context: a word,
 # \w+(?:['’]\w+)*, reads the same reversed, so one match replaces scanning every word.
 _LAST_WORDS_REVERSED_RE = re.compile(r"(\W*)(\w+(?:['’]\w+)*)(?:\W*(\w+(?:['’]\w+)*))?")
@@ -200,6 +196,15 @@ def count_from_caption(caption: str | None) -> int | None:
     return parsed.count if parsed else None
 
 
+COUNT_PROMPT = "a photo of {word} {noun}"
+"""The caption a count is asked with (predictor, retrieval, served model): the plainest wording."""
+
+
+def count_prompt(count: int, noun: str) -> str:
+    """``COUNT_PROMPT`` for one count: count_prompt(3, "dogs") == "a photo of three dogs"."""
+    return COUNT_PROMPT.format(word=WORD_FOR_COUNT[count], noun=noun)
+
+
 def caption_variants(caption: str, count: int) -> dict[int, str]:
     """The caption rewritten for each count 2..10 (CountBench's nine captions), [count] unchanged.
 
@@ -223,80 +228,6 @@ def counterfactual_caption(caption: str, count: int, rng) -> str:
     return _rewrite(caption, spans, others[pick])
 
 
-def parse_captions(captions) -> pa.Table:
-    """Vectorised `parse_caption`: a pyarrow Array/ChunkedArray, pandas Series or list of str/None
-    in, a row-aligned table out with columns count (int8), noun, noun_phrase (string),
-    span_start, span_end (int32, the first counted occurrence); null where there is no count.
-    Row i of the table is row i of the input (a Series' index is not used).
-
-    An RE2 kernel finds the few rows holding any number word; only those go through
-    `parse_caption`, the very function the scalar form uses, so the two cannot disagree.
-    """
-    strings = _as_string_array(captions)
-    chunks = strings.chunks if isinstance(strings, pa.ChunkedArray) else [strings]
-    return pa.Table.from_batches([_parse_chunk(chunk) for chunk in chunks], schema=_SCHEMA)
-
-
-_SCHEMA = pa.schema([
-    ("count", pa.int8()), ("noun", pa.string()), ("noun_phrase", pa.string()),
-    ("span_start", pa.int32()), ("span_end", pa.int32()),
-])
-
-
-def _parse_chunk(strings: pa.Array) -> pa.RecordBatch:
-    # (N,) bool: the few rows with any number word; the rest never leave Arrow.
-    has_number = pc.match_substring_regex(strings, _PREFILTER_RE2, ignore_case=True)
-    has_number = pc.fill_null(has_number, False)
-    values: dict[str, list] = {field.name: [] for field in _SCHEMA}
-    columns = list(values.values())
-    for caption in pc.filter(strings, has_number).to_pylist():
-        p = parse_caption(caption)
-        row = (p.count, p.noun, p.noun_phrase, p.spans[0][0], p.spans[0][1]) if p else (None,) * 5
-        for column, value in zip(columns, row):
-            column.append(value)
-    columns = [
-        pc.replace_with_mask(
-            pa.nulls(len(strings), field.type), has_number, pa.array(values[field.name], field.type)
-        )
-        for field in _SCHEMA
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=_SCHEMA)
-
-
-def _as_string_array(captions) -> pa.Array | pa.ChunkedArray:
-    """Any accepted input as Arrow strings; nulls stay null, invalid UTF-8 becomes null."""
-    if not isinstance(captions, (pa.Array, pa.ChunkedArray)):
-        try:  # lists and pandas Series; from_pandas turns NaN and pandas NA into nulls
-            captions = pa.array(captions, type=pa.string(), from_pandas=True)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            captions = pa.array([_item_as_str(item) for item in captions], type=pa.string())
-    kind = captions.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return captions
-    if pa.types.is_null(kind) or pa.types.is_string_view(kind):
-        return captions.cast(pa.string())
-    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind):
-        try:
-            return captions.cast(pa.string())
-        except pa.ArrowInvalid:  # some rows are not UTF-8: a per-row path, for corrupt input only
-            items = captions.to_pylist()
-            return pa.array([_item_as_str(item) for item in items], type=pa.string())
-    raise TypeError(f"captions must hold strings, got an Arrow array of {kind}")
-
-
-def _item_as_str(item) -> str | None:
-    if isinstance(item, str) or item is None:
-        return item
-    if isinstance(item, (bytes, bytearray)):
-        try:
-            return bytes(item).decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    if (isinstance(item, float) and math.isnan(item)) or type(item).__name__ == "NAType":
-        return None
-    raise TypeError(f"captions must be str or None, got {type(item).__name__}: {item!r:.80}")
-
-
 def _spans_stating(caption: str, count: int) -> tuple[tuple[int, int], ...]:
     parsed = parse_caption(caption)
     if parsed is None or parsed.count != count:
@@ -309,7 +240,7 @@ def _rewrite(caption: str, spans: tuple[tuple[int, int], ...], count: int) -> st
     """Every span replaced by count's word, keeping each original's case (lower, Title, UPPER)."""
     parts, last = [], 0
     for start, end in spans:
-        parts += [caption[last:start], _same_case(_WORD_FOR[count], caption[start:end])]
+        parts += [caption[last:start], _same_case(WORD_FOR_COUNT[count], caption[start:end])]
         last = end
     return "".join(parts) + caption[last:]
 

@@ -1,6 +1,7 @@
-"""Using a trained model: count objects in images, rank images for "N <noun>", and the MLflow pyfunc.
+"""Using a trained model: count objects in images, and rank images for "N <noun>".
 
-    predictor = CountPredictor.load("runs/experiment/checkpoints/countclip.pt", arch="countclip-tiny")
+    predictor = load_predictor("runs/experiment/checkpoints/countclip.pt", arch="countclip-tiny")
+    predictor = load_predictor("models:/countclip@champion")    # a registered model (MLflow)
     predictor.count(["photo.jpg"], noun="dogs")  # -> [{"count": 3, "confidence": 0.81, "probabilities": {...}}]
 
 The count follows the CountBench protocol: the nine captions "a photo of two <noun>" .. "ten <noun>"
@@ -9,18 +10,15 @@ are scored against the image and the best one wins; the softmax over them is the
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from countclip.numbers import COUNTS, NUMBER_WORDS
-
-WORD_FOR_COUNT = {n: w for w, n in NUMBER_WORDS.items()}
-PROMPT = "a photo of {word} {noun}"
+from countclip import tracking
+from countclip.images import open_image
+from countclip.model import ModelConfig, create_model
+from countclip.numbers import COUNTS, count_prompt
 
 
 def count_prompts(noun: str) -> list[str]:
@@ -28,26 +26,7 @@ def count_prompts(noun: str) -> list[str]:
     noun = " ".join(str(noun).split())
     if not noun:
         raise ValueError("the noun to count is empty; give the plural of what to count, e.g. 'dogs'")
-    return [PROMPT.format(word=WORD_FOR_COUNT[n], noun=noun) for n in COUNTS]
-
-
-def open_image(item) -> Image.Image:
-    """An RGB image from bytes, a path, or a PIL image; a clear ValueError for anything else."""
-    if isinstance(item, Image.Image):
-        return item.convert("RGB")
-    try:
-        if isinstance(item, (bytes, bytearray, memoryview)):
-            with Image.open(io.BytesIO(bytes(item))) as image:
-                return image.convert("RGB")
-        if isinstance(item, (str, Path)):
-            with Image.open(item) as image:
-                return image.convert("RGB")
-    except FileNotFoundError:
-        raise ValueError(f"image {item} does not exist") from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        name = item if isinstance(item, (str, Path)) else f"<{len(item)} bytes>"
-        raise ValueError(f"{name} is not a readable image: {exc}") from None
-    raise ValueError(f"an image must be bytes, a path or a PIL image, got {type(item).__name__}")
+    return [count_prompt(n, noun) for n in COUNTS]
 
 
 @dataclass
@@ -59,8 +38,6 @@ class CountPredictor:
 
     @classmethod
     def load(cls, checkpoint: str, arch: str, device: str = "cpu") -> CountPredictor:
-        from countclip.model import ModelConfig, create_model
-
         model, preprocess, tokenizer = create_model(ModelConfig(arch=arch, pretrained=checkpoint), device)
         model.eval()
         return cls(model, preprocess, tokenizer, device)
@@ -86,3 +63,11 @@ class CountPredictor:
         image_features = self.model.encode_image(pixels, normalize=True)
         text_features = self.model.encode_text(self.tokenizer([query]).to(self.device), normalize=True)
         return (image_features @ text_features.T)[:, 0].float().cpu().numpy()
+
+
+def load_predictor(model: str, arch: str = "countclip-tiny", device: str = "cpu") -> CountPredictor:
+    """A predictor from a checkpoint (local or s3://), a pretrained tag, or a registered MLflow model
+    (``models:/name@alias``, ``runs:/id/model``: its own architecture is used, ``arch`` is ignored)."""
+    if tracking.is_model_uri(model):
+        return tracking.load_count_predictor(model)
+    return CountPredictor.load(model, arch, device)

@@ -18,6 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from countclip.environment import default_cache_dir
+
 
 def is_s3(uri: str | Path) -> bool:
     return str(uri).startswith("s3://")
@@ -98,6 +100,24 @@ def exists(uri: str | Path) -> bool:
     return local_path(uri).exists()
 
 
+def delete(uri: str | Path) -> None:
+    """Remove one file or object; a missing one is not an error."""
+    if is_s3(uri):
+        bucket, key = split_s3(str(uri))
+        s3_client().delete_object(Bucket=bucket, Key=key)
+        return
+    local_path(uri).unlink(missing_ok=True)
+
+
+def delete_prefix(prefix: str | Path) -> None:
+    """Remove every object under an s3:// prefix, or a local folder and all it holds."""
+    if is_s3(prefix):
+        for uri in list_objects(str(prefix)):
+            delete(uri)
+        return
+    shutil.rmtree(local_path(prefix), ignore_errors=True)
+
+
 def list_objects(prefix: str) -> list[str]:
     """Full URIs of the objects under an s3:// prefix, or the files under a local folder, sorted."""
     if is_s3(prefix):
@@ -120,7 +140,7 @@ def local_copy(uri: str | Path, cache_dir: str | Path | None = None) -> Path:
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
         return path
-    cache = Path(cache_dir or os.environ.get("COUNTCLIP_CACHE") or Path(tempfile.gettempdir()) / "countclip-cache")
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
     name = hashlib.sha256(str(uri).encode()).hexdigest()[:16] + "-" + Path(split_s3(str(uri))[1]).name
     path = cache / "s3" / name
     if not path.exists():

@@ -1,8 +1,9 @@
 """Every MLflow call: runs, params, metrics, artifacts, models and the registry.
 
 Rank 0 of a training job logs metrics into a run the driver opened; the driver logs params,
-config, dataset manifest and, at the end, the model. Nothing here is imported by the library's
-core; MLflow itself is imported lazily.
+config, dataset manifest and, at the end, the model. This module and the pyfunc flavour
+(``countclip.pyfunc``) are the only ones that import MLflow, and only inside the functions that
+need it: MLflow takes seconds to import, and `countclip count` on a checkpoint never needs it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from countclip.config import ConfigBase, require
+from countclip.numbers import COUNT_PROMPT, COUNTS
 
 
 @dataclass
@@ -166,8 +168,7 @@ def log_count_model(cfg: TrackingConfig, run_id: str, checkpoint: str | Path, ar
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    from countclip.numbers import COUNTS
-    from countclip.pyfunc import CountClipPyfunc
+    from countclip.pyfunc import CountClipPyfunc  # imports MLflow at its top
 
     _client(cfg)
     inputs = Schema([ColSpec("binary", "image", required=False), ColSpec("string", "image_path", required=False),
@@ -176,7 +177,7 @@ def log_count_model(cfg: TrackingConfig, run_id: str, checkpoint: str | Path, ar
                      + [ColSpec("double", f"prob_{c}") for c in COUNTS])
     with tempfile.TemporaryDirectory() as folder:
         spec = Path(folder) / "model_spec.json"
-        spec.write_text(json.dumps({"arch": arch, "prompt": "a photo of {word} {noun}"}))
+        spec.write_text(json.dumps({"arch": arch, "prompt": COUNT_PROMPT}))
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=CountClipPyfunc(),
@@ -186,6 +187,22 @@ def log_count_model(cfg: TrackingConfig, run_id: str, checkpoint: str | Path, ar
                 pip_requirements=pinned_requirements(),
             )
     return info.model_uri
+
+
+def is_model_uri(uri: str | None) -> bool:
+    """Whether ``uri`` names an MLflow model (models:/name@alias, models:/name/3, runs:/id/path)."""
+    return isinstance(uri, str) and uri.startswith(("models:/", "runs:/"))
+
+
+def load_count_predictor(uri: str):
+    """The ``CountPredictor`` inside a logged or registered counting model; FileNotFoundError when
+    the registry (``MLFLOW_TRACKING_URI``) holds no such model."""
+    import mlflow.pyfunc
+
+    try:
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model().predictor
+    except Exception as exc:  # MLflow raises several types for a missing model or registry
+        raise FileNotFoundError(f"cannot load {uri}: {exc}") from None
 
 
 def register_and_promote(cfg: TrackingConfig, model_uri: str, name: str, metrics: dict[str, float],

@@ -2,8 +2,10 @@
 
     python k8s/validate.py k8s/overlays/prod-gpu k8s/overlays/prod-gpu/jobs
 
-Each check takes a list of manifests (dicts) and returns a list of problems ("Kind/name: where: what"),
-empty when all is well, so a test can apply a bad edit in memory and look for the problem it causes:
+Each folder is rendered by the real kustomize (``render``: ``kubectl kustomize <folder>``, the renderer
+``kubectl apply -k`` uses), and the documents it prints are checked. Each check takes a list of
+manifests (dicts) and returns a list of problems ("Kind/name: where: what"), empty when all is well,
+so a test can apply a bad edit in memory and look for the problem it causes:
 
 - ``schema_problems``: core kinds against kubernetes-validate's bundled schemas (strict: unknown fields
   fail), every pod template embedded in a RayCluster/RayJob as a core PodTemplate, and RayCluster/RayJob
@@ -21,8 +23,11 @@ empty when all is well, so a test can apply a bad edit in memory and look for th
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -49,6 +54,50 @@ RAYJOB_FIELDS = {"activeDeadlineSeconds", "backoffLimit", "clusterSelector", "de
                  "entrypointNumCpus", "entrypointNumGpus", "entrypointResources", "jobId", "managedBy", "metadata",
                  "preRunningDeadlineSeconds", "rayClusterSpec", "runtimeEnvYAML", "shutdownAfterJobFinishes",
                  "submissionMode", "submitterConfig", "submitterPodTemplate", "suspend", "ttlSecondsAfterFinished"}
+
+
+RENDER_TIMEOUT_S = 60
+
+
+class RenderError(RuntimeError):
+    """kubectl is missing, or `kubectl kustomize` failed or printed something that is not manifests."""
+
+
+def render(folder: str | Path, timeout: float = RENDER_TIMEOUT_S) -> list[dict]:
+    """The manifests ``kubectl kustomize folder`` prints, as dicts, in kustomize's order."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        raise RenderError("kubectl is not installed (not on PATH): it renders the kustomizations "
+                          "(`kubectl kustomize`, kustomize v5); install kubectl 1.32 or newer")
+    command = [kubectl, "kustomize", str(folder)]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise RenderError(f"`kubectl kustomize {folder}` did not finish in {timeout:g} s") from None
+    if out.returncode != 0:
+        raise RenderError(f"`kubectl kustomize {folder}` failed: {_kubectl_error(out.stderr)}")
+    try:
+        docs = [d for d in yaml.safe_load_all(out.stdout) if d is not None]
+    except yaml.YAMLError as error:
+        raise RenderError(f"`kubectl kustomize {folder}` printed invalid YAML: {error}") from None
+    if not all(isinstance(d, dict) for d in docs):
+        raise RenderError(f"`kubectl kustomize {folder}` printed something that is not a list of manifests")
+    return docs
+
+
+def _kubectl_error(stderr: str) -> str:
+    """kustomize's message without klog's wrapping: `E1203 09:16:30 ... "command failed" err="..."`, or
+    `err=<` and tab-indented lines up to ` >` for a message of several lines."""
+    match = re.search(r'err="((?:[^"\\]|\\.)*)"', stderr)
+    if match:
+        try:
+            return json.loads(f'"{match.group(1)}"')
+        except json.JSONDecodeError:
+            pass
+    match = re.search(r"err=<\n(.*?)\n >", stderr, re.S)
+    if match:
+        return "\n".join(line.removeprefix("\t") for line in match.group(1).splitlines()).strip()
+    return stderr.strip() or "no message"
 
 
 def name_of(doc: dict) -> str:
@@ -402,12 +451,23 @@ def all_problems(docs: list[dict], crd_schemas: dict | None) -> list[str]:
             + security_problems(docs) + secret_problems(docs))
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
-    from render import render
-
+def main(folders: list[str]) -> int:
+    """Render every folder, then print each problem found ("folder: Kind/name: where: what")."""
+    if not folders:
+        print("usage: python k8s/validate.py KUSTOMIZATION_FOLDER...", file=sys.stderr)
+        return 2
+    try:
+        rendered = {folder: render(folder) for folder in folders}
+    except RenderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     crd_dir = find_crd_dir(Path(__file__).resolve().parents[1])
     print(f"KubeRay CRDs: {crd_dir or 'not found (set KUBERAY_CRDS); Ray kinds get structural checks only'}")
-    found = [p for folder in sys.argv[1:] for p in all_problems(render(folder), crd_dir and load_crd_schemas(crd_dir))]
+    crd_schemas = load_crd_schemas(crd_dir) if crd_dir else None
+    found = [f"{folder}: {p}" for folder, docs in rendered.items() for p in all_problems(docs, crd_schemas)]
     print("\n".join(found) or "no problems")
-    sys.exit(1 if found else 0)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

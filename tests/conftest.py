@@ -240,3 +240,57 @@ def mlflow_server(s3_endpoint, tmp_path_factory):
     yield {"url": url, "bucket": bucket, "s3": s3_endpoint}
     proc.terminate()
     proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def bench(tmp_path_factory):
+    """A small CountWorld benchmark (4 images per count, 64 px)."""
+    from countclip.world.files import write_benchmark
+
+    return write_benchmark(tmp_path_factory.mktemp("bench") / "b", seed=2, per_count=4, image_size=64)
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tiny_model, tmp_path_factory):
+    """Two tiny checkpoints: the random model, and a copy whose logit scale differs (another model)."""
+    import torch
+
+    from countclip.model import export_checkpoint
+
+    model, _, _ = tiny_model
+    folder = tmp_path_factory.mktemp("ckpt")
+    export_checkpoint(model, folder / "a.pt")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["logit_scale"] = state["logit_scale"].reshape(()) + 1.0
+    state["visual.proj"] = state["visual.proj"] + 0.05 * torch.randn_like(state["visual.proj"])
+    export_checkpoint(state, folder / "b.pt")
+    return folder
+
+
+def eval_config(bench, checkpoint, tracking_uri, tmp_path, *overrides):
+    """An evaluate job of ``checkpoint`` on ``bench``, logging to ``tracking_uri``."""
+    from countclip.jobs.evaluate import EvalJobConfig
+
+    return EvalJobConfig.load(None, [
+        "model.arch=countclip-tiny", f"model.pretrained={checkpoint}", f"countbench={bench}",
+        f"output={tmp_path / 'eval'}", f"tracking.uri={tracking_uri}", "tracking.experiment=test-eval",
+        "register.name=countclip", *overrides])
+
+
+def scene_png(count: int = 3, seed: int = 0, image_size: int = 64) -> bytes:
+    """One CountWorld scene as PNG bytes."""
+    import numpy as np
+
+    from countclip.world.files import png_bytes
+    from countclip.world.scenes import render, sample_scene
+
+    return png_bytes(render(sample_scene(np.random.default_rng(seed), count), image_size))
+
+
+@pytest.fixture(scope="session")
+def verifier():
+    """The shipped CountWorld YOLO in a verify stage (loaded once)."""
+    from countclip.data.verify import VerifyConfig, YoloVerifier
+    from countclip.world.detector import COUNTWORLD_CONFIDENCE, COUNTWORLD_IOU
+
+    return YoloVerifier(VerifyConfig(device="cpu", confidence=COUNTWORLD_CONFIDENCE, iou=COUNTWORLD_IOU))

@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from countclip.config import ConfigBase, ConfigError, require
-from countclip.experiment import ExperimentConfig
+from countclip.jobs.experiment import ExperimentConfig
 from countclip.train import TrainConfig
 
 

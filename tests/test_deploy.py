@@ -1,10 +1,11 @@
 """Deployment (docker/, k8s/, docs/deploy.md) checked offline against the project it deploys.
 
 No Docker engine or cluster runs here. The Dockerfile is parsed and linted with hadolint; each
-kustomization is rendered by k8s/render.py (compared with `kubectl kustomize` where kubectl exists)
-and judged by k8s/validate.py (Kubernetes and KubeRay schemas, KubeRay's reconcile rules, Pod
-Security, secrets). The checks below tie the manifests to the code: entrypoints and configs (loaded
-through the real config classes), capacity, versions, the MLflow Service, the documented commands.
+kustomization is rendered by the real kustomize (`kubectl kustomize`, through k8s/validate.py's
+``render``; kubectl is required: without it these tests fail, they do not skip) and judged by
+k8s/validate.py (Kubernetes and KubeRay schemas, KubeRay's reconcile rules, Pod Security, secrets).
+The checks below tie the manifests to the code: entrypoints and configs (loaded through the real
+config classes), capacity, versions, the MLflow Service, the documented commands.
 Every check returns a list of problems, so the last tests break good manifests in memory and expect
 the problem each edit causes.
 """
@@ -14,10 +15,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 import sysconfig
 import tomllib
 from pathlib import Path
@@ -29,9 +32,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 ENVS = {"base": "k8s/base", "dev-cpu": "k8s/overlays/dev-cpu", "prod-gpu": "k8s/overlays/prod-gpu"}
 # The config class each entrypoint loads (countclip/cli.py): configs are checked through it.
-CONFIG_CLASSES = {"ray_jobs/build_dataset.py": "countclip.data.build:BuildConfig",
-                  "ray_jobs/train.py": "countclip.trainer:TrainJobConfig",
-                  "ray_jobs/evaluate.py": "countclip.evaluate_job:EvalJobConfig"}
+CONFIG_CLASSES = {"ray_jobs/build_dataset.py": "countclip.jobs.build_dataset:BuildConfig",
+                  "ray_jobs/train.py": "countclip.jobs.train:TrainJobConfig",
+                  "ray_jobs/evaluate.py": "countclip.jobs.evaluate:EvalJobConfig"}
 KUBERAY_CHART = "1.7.0"  # the release the CRDs in shared/kuberay-crds come from
 
 
@@ -42,8 +45,8 @@ def _load_module(name: str):
     return module
 
 
-render = _load_module("render")
 validate = _load_module("validate")
+FOLDERS = [f"{p}{s}" for p in ENVS.values() for s in ("", "/jobs")]  # every kustomization in k8s/
 
 
 def pins() -> dict[str, str]:
@@ -56,10 +59,28 @@ def copy_docs(docs: list[dict]) -> list[dict]:
     return json.loads(json.dumps(docs))
 
 
+def split_image(image: str) -> tuple[str, str | None, str | None]:
+    """(name, tag, digest) of an image reference; a registry port is not a tag."""
+    rest, _, digest = image.partition("@")
+    name, colon, tag = rest.rpartition(":")
+    if not colon or "/" in tag:
+        return rest, None, digest or None
+    return name, tag, digest or None
+
+
+def kustomize(folder: str | Path) -> list[dict]:
+    """`kubectl kustomize folder`; a missing kubectl or a failed render fails the test with kustomize's message."""
+    try:
+        return validate.render(REPO / folder)
+    except validate.RenderError as error:
+        message = str(error)
+    pytest.fail(message, pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def rendered() -> dict[str, tuple[list[dict], list[dict]]]:
     """{env: (platform manifests, RayJob manifests)} for the base and both overlays."""
-    return {env: (render.render(REPO / path), render.render(REPO / path / "jobs")) for env, path in ENVS.items()}
+    return {env: (kustomize(path), kustomize(f"{path}/jobs")) for env, path in ENVS.items()}
 
 
 @pytest.fixture(scope="session")
@@ -194,13 +215,13 @@ def version_problems(platform: list[dict], jobs: list[dict]) -> list[str]:
     cluster = one(platform, "RayCluster")
     problems = [] if cluster["spec"].get("rayVersion") == ray else [f"rayVersion {cluster['spec'].get('rayVersion')} != ray pin {ray}"]
     images = ray_images(platform, jobs)
-    problems += [f"image {i} does not carry ray{ray}" for i in images if f"ray{ray}" not in (render.split_image(i)[1] or "")]
+    problems += [f"image {i} does not carry ray{ray}" for i in images if f"ray{ray}" not in (split_image(i)[1] or "")]
     if len(set(images)) != 1:
         problems.append(f"the Ray pods and submitters run different images: {sorted(set(images))}")
     if any(p["gpus"] for p in worker_pods(platform)) and any(i.endswith("-cpu") for i in images):
         problems.append("a GPU worker group runs the CPU image (its torch has no CUDA)")
     mlflow_image = one(platform, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]["image"]
-    if f"mlflow{mlflow}" not in (render.split_image(mlflow_image)[1] or ""):
+    if f"mlflow{mlflow}" not in (split_image(mlflow_image)[1] or ""):
         problems.append(f"image {mlflow_image} does not carry mlflow{mlflow}")
     return problems
 
@@ -259,36 +280,149 @@ MANIFEST_CHECKS = {"structure": validate.structural_problems, "kuberay": validat
 
 
 # ------------------------------------------------------------------------------------------ rendering
-@pytest.mark.parametrize("folder", [f"{p}{s}" for p in ENVS.values() for s in ("", "/jobs")])
-def test_python_render_equals_kubectl_kustomize(folder):
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed: k8s/render.py is the only renderer here")
-    out = subprocess.run([kubectl, "kustomize", str(REPO / folder)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    key = lambda doc: json.dumps(doc, sort_keys=True)  # noqa: E731
-    assert sorted(map(key, render.render(REPO / folder))) == sorted(map(key, (d for d in yaml.safe_load_all(out.stdout) if d)))
+def json_pointer_exists(doc, pointer: str) -> bool:
+    node = doc
+    for part in (p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:]):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return False
+    return True
 
 
-@pytest.mark.parametrize("extra", ["namePrefix: x-", "configMapGenerator: [{name: c, literals: [a=b]}]",
-                                   "patches: [{target: {kind: ConfigMap}, patch: 'metadata: {name: c}'}]",
-                                   "patches: [{target: {kind: Secret}, patch: '[]'}]"])
-def test_renderer_refuses_what_it_does_not_implement(tmp_path, extra):
-    (tmp_path / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")
-    (tmp_path / "kustomization.yaml").write_text(f"resources: [cm.yaml]\n{extra}\n")
-    with pytest.raises(ValueError):
-        render.render(tmp_path)
+def patch_selects(target: dict, doc: dict) -> bool:
+    """Whether a patch target (kind, name as a regular expression, group, version, namespace) selects doc."""
+    group, _, version = doc["apiVersion"].rpartition("/")
+    have = {"kind": doc["kind"], "group": group, "version": version,
+            "namespace": doc["metadata"].get("namespace"), "name": doc["metadata"]["name"]}
+    return all(re.fullmatch(want, have[key]) if key == "name" else want == have[key] for key, want in target.items())
 
 
-def test_json_patch_operations():
-    doc = {"a": {"b/c": [1, 2]}}
-    for op in [{"op": "test", "path": "/a/b~1c/0", "value": 1}, {"op": "add", "path": "/a/b~1c/-", "value": 3},
-               {"op": "replace", "path": "/a/b~1c/0", "value": 0}, {"op": "remove", "path": "/a/b~1c/1"},
-               {"op": "add", "path": "/a/d", "value": {"e": 1}}]:
-        render.json_patch(doc, op)
-    assert doc == {"a": {"b/c": [0, 3], "d": {"e": 1}}}
-    with pytest.raises(KeyError):
-        render.json_patch(doc, {"op": "replace", "path": "/a/missing", "value": 1})
+def patch_problems(folder: str | Path) -> list[str]:
+    """What kustomize lets pass silently: a patch whose target matches no resource (kustomize skips
+    it) and a JSON 6902 replace/remove/test path, or an add's parent, missing in its target (kustomize
+    turns a replace of a missing key into an add). Paths are looked up in the resources as this
+    kustomization receives them, before its patches."""
+    folder = REPO / folder
+    spec = yaml.safe_load((folder / "kustomization.yaml").read_text()) or {}
+    docs = []
+    for entry in spec.get("resources", []):
+        docs += kustomize(folder / entry) if (folder / entry).is_dir() else \
+            [d for d in yaml.safe_load_all((folder / entry).read_text()) if d]
+    problems = []
+    for patch in spec.get("patches", []):
+        target = patch.get("target", {})
+        if set(target) - {"kind", "name", "group", "version", "namespace"}:
+            problems.append(f"{folder.name}: patch target {target}: only kind/name/group/version/namespace are checked")
+            continue
+        matched = [d for d in docs if patch_selects(target, d)]
+        if not matched:
+            problems.append(f"{folder.name}: patch target {target} matches no resource (kustomize would skip it)")
+        ops = yaml.safe_load(patch["patch"] if "patch" in patch else (folder / patch["path"]).read_text())
+        for op in ops if isinstance(ops, list) else []:  # a strategic-merge patch names its own fields
+            path = op["path"] if op["op"] in ("replace", "remove", "test") else op["path"].rpartition("/")[0]
+            problems += [f"{folder.name}: {validate.name_of(d)}: {op['op']} {op['path']}: {path} does not exist"
+                         for d in matched if not json_pointer_exists(d, path)]
+    return problems
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_every_kustomization_renders_with_kubectl_kustomize(rendered, folder):
+    env = next(e for e, path in ENVS.items() if folder in (path, f"{path}/jobs"))
+    docs = rendered[env][folder.endswith("/jobs")]
+    assert docs and all(d.get("apiVersion") and d["metadata"].get("name") for d in docs)
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"countclip"}
+    assert all(d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "countclip" for d in docs)
+    assert patch_problems(folder) == []
+
+
+CONFIGMAP = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n"
+
+
+def write_kustomization(folder: Path, spec: dict) -> Path:
+    """folder/kustomization.yaml holding `spec`; a list of JSON 6902 operations under a patch's `patch`
+    is written as the JSON text kustomize expects there."""
+    for patch in spec.get("patches", []):
+        if isinstance(patch.get("patch"), list):
+            patch["patch"] = json.dumps(patch["patch"])
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return folder
+
+
+def test_patch_problems_catch_what_kustomize_lets_pass(tmp_path):
+    (tmp_path / "cm.yaml").write_text(CONFIGMAP)
+    write_kustomization(tmp_path, {"resources": ["cm.yaml"], "patches": [
+        {"target": {"kind": "Secret", "name": "c"}, "patch": [{"op": "remove", "path": "/data/a"}]},
+        {"target": {"kind": "ConfigMap", "name": "c"}, "patch": [{"op": "replace", "path": "/data/typo", "value": "z"}]}]})
+    assert one(kustomize(tmp_path), "ConfigMap")["data"] == {"a": "b", "typo": "z"}  # kustomize: no error
+    problems = patch_problems(tmp_path)
+    assert len(problems) == 2 and "matches no resource" in problems[0] and "/data/typo does not exist" in problems[1]
+
+
+BROKEN_KUSTOMIZATIONS = {  # name: (kustomization, what the error must say)
+    "missing resource file": ({"resources": ["cm.yaml", "missing.yaml"]}, "missing.yaml"),
+    "unknown field": ({"resources": ["cm.yaml"], "bogusField": 1}, 'unknown field "bogusField"'),
+    "remove of a missing path": ({"resources": ["cm.yaml"], "patches": [
+        {"target": {"kind": "ConfigMap"}, "patch": [{"op": "remove", "path": "/data/zz"}]}]}, "/data/zz"),
+    # Flow-style YAML without quotes is neither JSON nor a strategic-merge patch to kustomize.
+    "flow-style YAML patch": ({"resources": ["cm.yaml"], "patches": [
+        {"target": {"kind": "ConfigMap"}, "patch": "[{op: remove, path: /data/a}]"}]}, "unable to parse SM or JSON patch"),
+    "resource listed twice": ({"resources": ["cm.yaml", "cm.yaml"]}, "already registered"),
+}
+
+
+@pytest.mark.parametrize("name", BROKEN_KUSTOMIZATIONS)
+def test_a_broken_kustomization_is_a_clear_error(tmp_path, name):
+    spec, expected = BROKEN_KUSTOMIZATIONS[name]
+    (tmp_path / "cm.yaml").write_text(CONFIGMAP)
+    write_kustomization(tmp_path, json.loads(json.dumps(spec)))
+    with pytest.raises(validate.RenderError, match=f"kubectl kustomize {re.escape(str(tmp_path))}` failed") as error:
+        validate.render(tmp_path)
+    assert expected in str(error.value)
+    assert "run.go" not in str(error.value) and "\"command failed\"" not in str(error.value)  # no klog wrapping
+
+
+def test_validate_cli_renders_with_kubectl_and_fails_cleanly(tmp_path):
+    def cli(*folders, **env):
+        return subprocess.run([sys.executable, str(REPO / "k8s/validate.py"), *folders], cwd=REPO, capture_output=True,
+                              text=True, timeout=120, env={**os.environ, **env})
+
+    good = cli("k8s/overlays/dev-cpu", "k8s/overlays/dev-cpu/jobs")
+    assert good.returncode == 0 and good.stdout.splitlines()[-1] == "no problems", good.stdout + good.stderr
+    broken = cli(str(write_kustomization(tmp_path, {"resources": ["missing.yaml"]})))
+    assert broken.returncode == 2 and broken.stderr.startswith("error: `kubectl kustomize") and "missing.yaml" in broken.stderr
+    no_kubectl = cli("k8s/overlays/dev-cpu", PATH=str(tmp_path))
+    assert no_kubectl.returncode == 2 and no_kubectl.stderr.startswith("error: kubectl is not installed"), no_kubectl.stderr
+    assert "Traceback" not in broken.stderr + no_kubectl.stderr
+
+
+def test_render_without_kubectl_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(validate.RenderError, match="kubectl is not installed"):
+        validate.render(REPO / "k8s/overlays/dev-cpu")
+
+
+BAD_OVERLAYS = {  # name: (overlay it builds on, kustomization fields, check, what the problem must mention)
+    "unpinned image": ("prod-gpu", {"images": [{"name": "registry.example.com/countclip/countclip", "newTag": "latest"}]},
+                       "security", "needs a pinned tag"),
+    "privileged GPU workers": ("prod-gpu", {"patches": [{"target": {"kind": "RayCluster"}, "patch": [
+        {"op": "add", "path": "/spec/workerGroupSpecs/1/template/spec/containers/0/securityContext/privileged",
+         "value": True}]}]}, "security", "privileged"),
+    "TTL without shutdown": ("prod-gpu/jobs", {"patches": [{"target": {"kind": "RayJob", "name": "countclip-train"}, "patch": [
+        {"op": "replace", "path": "/spec/ttlSecondsAfterFinished", "value": 600}]}]}, "kuberay", "ttlSeconds"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_OVERLAYS)
+def test_a_bad_overlay_rendered_by_kustomize_is_reported(tmp_path, name):
+    base, fields, check, expected = BAD_OVERLAYS[name]
+    resource = os.path.relpath(REPO / "k8s/overlays" / base, tmp_path)  # kustomize refuses absolute paths
+    write_kustomization(tmp_path, {"resources": [resource], **json.loads(json.dumps(fields))})
+    assert MANIFEST_CHECKS[check](kustomize(f"k8s/overlays/{base}")) == []  # the overlay itself passes
+    problems = MANIFEST_CHECKS[check](kustomize(tmp_path))
+    assert any(expected in p for p in problems), problems
 
 
 # ------------------------------------------------------------------------------------------ manifests
@@ -468,8 +602,9 @@ BAD_EDITS = {  # name: (env, edit(platform, jobs), check, what the problem must 
                                  [c for d in p + j for _, t in validate.embedded_pod_templates(d) for c in t["spec"]["containers"]]],
                                  "versions", "CPU image"),
     "submitter on another image": ("prod-gpu", lambda p, j: _set(["spec", "submitterPodTemplate", "spec", "containers", 0, "image"],
-                                   "rayproject/ray:2.60.0-py311-cpu")(j[0]), "selectors", "cluster's image"),
-    "selector names no cluster": ("prod-gpu", lambda p, j: _set(["spec", "clusterSelector", "ray.io/cluster"], "countclip-prod")(j[1]),
+                                   "rayproject/ray:2.60.0-py311-cpu")(_rayjob(j, "build_dataset.py")), "selectors", "cluster's image"),
+    "selector names no cluster": ("prod-gpu", lambda p, j: _set(["spec", "clusterSelector", "ray.io/cluster"], "countclip-prod")
+                                  (_rayjob(j, "train.py")),
                                   "selectors", "countclip-prod"),
     "train does not fit the GPUs": ("prod-gpu", lambda p, j: _set(["maxReplicas"], 1)(_gpu_group(p)), "capacity", "num_workers 8"),
     "verify does not fit the GPUs": ("prod-gpu", lambda p, j: [_set(["maxReplicas"], 3)(_gpu_group(p)), _set(
@@ -492,7 +627,7 @@ BAD_EDITS = {  # name: (env, edit(platform, jobs), check, what the problem must 
     "password in a URI": ("prod-gpu", lambda p, j: _set(["args", 4], "--backend-store-uri=postgresql://mlflow:hunter2@"
                           "countclip-postgres:5432/mlflow")(_mlflow(p)), "secrets", "credential"),
     "credentials in runtimeEnv": ("prod-gpu", lambda p, j: _set(["spec", "runtimeEnvYAML"], "env_vars:\n  AWS_SECRET_ACCESS_KEY: x\n")
-                                  (j[0]), "secrets", "runtimeEnvYAML"),
+                                  (_rayjob(j, "build_dataset.py")), "secrets", "runtimeEnvYAML"),
     "privileged container": ("prod-gpu", lambda p, j: _set(["template", "spec", "containers", 0, "securityContext", "privileged"], True)
                              (_gpu_group(p)), "security", "privileged"),
     "root user": ("prod-gpu", lambda p, j: _set(["spec", "template", "spec", "securityContext", "runAsUser"], 0)
@@ -501,7 +636,8 @@ BAD_EDITS = {  # name: (env, edit(platform, jobs), check, what the problem must 
                                  "security", "readOnlyRootFilesystem"),
     "no limits": ("prod-gpu", lambda p, j: one(p, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]["resources"].pop("limits"),
                   "security", "limits"),
-    "TTL without shutdown": ("prod-gpu", lambda p, j: _set(["spec", "ttlSecondsAfterFinished"], 600)(j[1]), "kuberay", "ttlSeconds"),
+    "TTL without shutdown": ("prod-gpu", lambda p, j: _set(["spec", "ttlSecondsAfterFinished"], 600)(_rayjob(j, "train.py")),
+                             "kuberay", "ttlSeconds"),
     "misspelt RayCluster field": ("prod-gpu", lambda p, j: one(p, "RayCluster")["spec"].update(
         workerGroupSpec=one(p, "RayCluster")["spec"].pop("workerGroupSpecs")), "structure", "workerGroupSpec"),
     "invalid core manifest": ("prod-gpu", lambda p, j: _set(["spec", "replicas"], "one")(one(p, "Deployment")), "schemas", "replicas"),
@@ -522,6 +658,6 @@ def test_a_bad_edit_is_reported(rendered, name):
 def test_a_misspelt_field_fails_the_kuberay_crd_schema(rendered, crd_schemas):
     if crd_schemas is None:
         pytest.skip("KubeRay CRDs not found: the structural check covers misspelt fields (test_a_bad_edit_is_reported)")
-    job = copy_docs(rendered["prod-gpu"][1])[1]
+    job = _rayjob(copy_docs(rendered["prod-gpu"][1]), "train.py")
     job["spec"]["shutdownAfterJobFinish"] = job["spec"].pop("shutdownAfterJobFinishes")
     assert any("shutdownAfterJobFinish' was unexpected" in p for p in validate.schema_problems([job], crd_schemas))

@@ -13,7 +13,7 @@ from countclip.evaluate import (
     load_countbench,
     zeroshot_accuracy,
 )
-from countclip.world_files import write_benchmark
+from countclip.world.files import write_benchmark
 
 WORDS = ["two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 

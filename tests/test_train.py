@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from countclip import checkpoint
-from countclip.experiment import world_training_set
 from countclip.model import ModelConfig, create_model
 from countclip.train import LossConfig, OptimConfig, TrainConfig, build_scheduler, train
+from countclip.world.sets import training_set
 
 
 @pytest.fixture(scope="module")
 def small_set():
-    return world_training_set(seed=11, n=96, image_size=64, counting_share=0.4)
+    return training_set(seed=11, n=96, image_size=64, counting_share=0.4)
 
 
 def fresh_model():
@@ -75,11 +75,3 @@ def test_schedule_warms_up_then_decays():
     assert all(b <= a for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] == pytest.approx(0.1, abs=0.02)
 
 
-def test_incomplete_checkpoint_is_refused(tmp_path):
-    model, _, _ = fresh_model()
-    (tmp_path / "step_00000001").mkdir()
-    opt = torch.optim.AdamW(model.parameters())
-    sched = build_scheduler(opt, OptimConfig(), 10)
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
-        checkpoint.load(tmp_path / "step_00000001", model, opt, sched)
-    assert checkpoint.latest(tmp_path) is None

@@ -2,7 +2,7 @@
 non-counting rows, and why every other row is dropped.
 
 Works on a pyarrow Table (Ray Data's ``batch_format="pyarrow"``); the number-word parse is
-``numbers.parse_captions`` (RE2 prefilter, per-row Python only on the few rows holding a number
+``parse_captions`` below (RE2 prefilter, per-row Python only on the few rows holding a number
 word). Rows leave with ``status`` "ok" or a reason. Rejected rows are not carried on: each batch
 folds them into one summary row per reason, whose ``n_rows`` says how many input rows it stands
 for, so the final reconciliation (rows in = rows written + rows rejected, by reason) needs no
@@ -11,6 +11,7 @@ second pass over the source.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from countclip.config import ConfigBase, require
-from countclip.numbers import parse_captions
+from countclip.numbers import NUMBER_WORD_RE2, parse_caption
 
 # Columns every later stage can rely on, besides the source's own.
 STAGE_COLUMNS = {
@@ -99,6 +100,81 @@ def hash_ids(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
 
 
 _HASH_PRIME = np.uint64(0x100000001B3)  # FNV's 64-bit prime: odd, so every power is odd too
+
+
+def parse_captions(captions) -> pa.Table:
+    """Vectorised `parse_caption`: a pyarrow Array/ChunkedArray, pandas Series or list of str/None
+    in, a row-aligned table out with columns count (int8), noun, noun_phrase (string),
+    span_start, span_end (int32, the first counted occurrence); null where there is no count.
+    Row i of the table is row i of the input (a Series' index is not used).
+
+    An RE2 kernel finds the few rows holding any number word; only those go through
+    `parse_caption`, the very function the scalar form uses, so the two cannot disagree.
+    """
+    strings = _as_string_array(captions)
+    chunks = strings.chunks if isinstance(strings, pa.ChunkedArray) else [strings]
+    return pa.Table.from_batches([_parse_chunk(chunk) for chunk in chunks], schema=_SCHEMA)
+
+
+_SCHEMA = pa.schema([
+    ("count", pa.int8()), ("noun", pa.string()), ("noun_phrase", pa.string()),
+    ("span_start", pa.int32()), ("span_end", pa.int32()),
+])
+
+
+def _parse_chunk(strings: pa.Array) -> pa.RecordBatch:
+    # (N,) bool: the few rows with any number word; the rest never leave Arrow.
+    has_number = pc.match_substring_regex(strings, NUMBER_WORD_RE2, ignore_case=True)
+    has_number = pc.fill_null(has_number, False)
+    values: dict[str, list] = {field.name: [] for field in _SCHEMA}
+    columns = list(values.values())
+    for caption in pc.filter(strings, has_number).to_pylist():
+        p = parse_caption(caption)
+        row = (p.count, p.noun, p.noun_phrase, p.spans[0][0], p.spans[0][1]) if p else (None,) * 5
+        for column, value in zip(columns, row):
+            column.append(value)
+    columns = [
+        pc.replace_with_mask(
+            pa.nulls(len(strings), field.type), has_number, pa.array(values[field.name], field.type)
+        )
+        for field in _SCHEMA
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=_SCHEMA)
+
+
+def _as_string_array(captions) -> pa.Array | pa.ChunkedArray:
+    """Any accepted input as Arrow strings; nulls stay null, invalid UTF-8 becomes null."""
+    if not isinstance(captions, (pa.Array, pa.ChunkedArray)):
+        try:  # lists and pandas Series; from_pandas turns NaN and pandas NA into nulls
+            captions = pa.array(captions, type=pa.string(), from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            captions = pa.array([_item_as_str(item) for item in captions], type=pa.string())
+    kind = captions.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return captions
+    if pa.types.is_null(kind) or pa.types.is_string_view(kind):
+        return captions.cast(pa.string())
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind):
+        try:
+            return captions.cast(pa.string())
+        except pa.ArrowInvalid:  # some rows are not UTF-8: a per-row path, for corrupt input only
+            items = captions.to_pylist()
+            return pa.array([_item_as_str(item) for item in items], type=pa.string())
+    raise TypeError(f"captions must hold strings, got an Arrow array of {kind}")
+
+
+def _item_as_str(item) -> str | None:
+    if isinstance(item, str) or item is None:
+        return item
+    if isinstance(item, (bytes, bytearray)):
+        try:
+            return bytes(item).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if (isinstance(item, float) and math.isnan(item)) or type(item).__name__ == "NAType":
+        return None
+    raise TypeError(f"captions must be str or None, got {type(item).__name__}: {item!r:.80}")
+
 
 
 _STATUSES = pa.array(["ok", "no_caption", "not_sampled", "missing_url"])

@@ -16,10 +16,10 @@ connection_error, tls_error, too_many_redirects, http_<code> (any status but 200
 not_an_image, too_many_pixels, corrupt_image, internal_error (a bug here; logged).
 
 Untrusted URLs never reach loopback, private, link-local (incl. cloud metadata), unique-local,
-multicast, unspecified or reserved addresses unless ``allow_networks`` lists them: the fetcher resolves
-each host itself, refuses it if any address is forbidden, connects to the address it checked (DNS
-rebinding cannot swap it) and re-checks the peer, on every redirect hop. No proxy is used. s3:// goes
-to the configured S3 endpoint (trusted infrastructure), not through the address guard.
+multicast, unspecified or reserved addresses unless ``allow_networks`` lists them
+(``countclip.data.http_guard``), on every redirect hop. No proxy is used. s3:// goes to the configured
+S3 endpoint (trusted infrastructure), not through the address guard. Downloads are decoded by
+``countclip.images.decode_image`` (magic bytes, pixel cap before decoding, EXIF orientation).
 """
 
 from __future__ import annotations
@@ -34,23 +34,30 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile
 
 from countclip import storage
 from countclip.config import ConfigBase, require
+from countclip.data.http_guard import (
+    AddressGuard,
+    FetchFailure,
+    VettedConnection,
+    read_capped,
+    remaining,
+    split_http_url,
+)
+from countclip.images import ImageError, decode_image
 
 logger = logging.getLogger(__name__)
 
 _REDIRECTS = (301, 302, 303, 307, 308)
-_URL_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))  # quote() leaves printable ASCII alone
-_CHUNK = 64 * 1024
 
 
 @dataclass
@@ -113,200 +120,12 @@ class FetchConfig(ConfigBase):
                 require(False, f"allow_networks entry {cidr!r} is not a CIDR such as 10.0.0.0/8 or fd00::/8")
 
 
-class FetchFailure(Exception):
-    """A row's fetch failed with ``status``; ``transient`` failures are worth another attempt."""
-
-    def __init__(self, status: str, transient: bool = False):
-        super().__init__(status)
-        self.status, self.transient = status, transient
-
-
 @dataclass(frozen=True)
 class FetchedImage:
     status: str
     image: bytes | None = None  # re-encoded bytes when status == "ok"
     width: int = 0
     height: int = 0
-
-
-class AddressGuard:
-    """Which IP addresses untrusted URLs may reach: public ones, plus ``allow_networks``."""
-
-    def __init__(self, allow_networks: Sequence[str] = ()):
-        self.allowed = [ipaddress.ip_network(cidr, strict=False) for cidr in allow_networks]
-
-    def is_allowed(self, address: str) -> bool:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
-        if ip.version == 6 and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
-        if any(ip in net for net in self.allowed):
-            return True
-        return _is_public(ip)
-
-    def connect(self, host: str, port: int, timeout: float) -> socket.socket:
-        """A socket connected to a vetted address of ``host``; FetchFailure("private_address") else."""
-        candidates = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        # Refuse if any answer is forbidden, not only the first: a host listing a public and a
-        # private address could otherwise be steered to the private one by failing the first.
-        if not all(self.is_allowed(sockaddr[0]) for *_, sockaddr in candidates):
-            raise FetchFailure("private_address")
-        error: OSError | None = None
-        for family, kind, proto, _, sockaddr in candidates:
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.settimeout(timeout)
-                sock.connect(sockaddr)  # the IP checked above, not the name: no second lookup
-                if not self.is_allowed(sock.getpeername()[0]):
-                    raise FetchFailure("private_address")
-                return sock
-            except OSError as exc:
-                sock.close()
-                error = exc
-            except BaseException:
-                sock.close()
-                raise
-        raise error or OSError(f"no address for {host}")
-
-
-def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    # is_global alone lets IPv4 multicast through, hence the explicit flags.
-    if not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified:
-        return False
-    if ip.is_loopback or ip.is_link_local or ip.is_private:
-        return False
-    # A 6to4 address is reached through the IPv4 address it embeds. (NAT64's 64:ff9b::/96 counts as
-    # reserved and is refused above.)
-    return ip.version == 4 or ip.sixtofour is None or _is_public(ip.sixtofour)
-
-
-class _DeadlineReader(io.RawIOBase):
-    """Socket reads bounded by one deadline for the whole response, not a timeout per recv."""
-
-    def __init__(self, sock: socket.socket, deadline: float):
-        # Read through the socket's own makefile(): it keeps the descriptor open when http.client
-        # closes the connection's socket early (HTTP/1.0, Connection: close) while we still read.
-        self._sock, self._raw, self._deadline = sock, sock.makefile("rb", buffering=0), deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        self._sock.settimeout(_remaining(self._deadline))
-        return self._raw.readinto(buffer)
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
-
-
-class _DeadlineSocket:
-    """What http.client's response needs of a socket (only makefile), with a deadline-aware reader."""
-
-    def __init__(self, sock: socket.socket, deadline: float):
-        self._sock, self._deadline = sock, deadline
-
-    def makefile(self, mode: str) -> io.BufferedReader:
-        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
-
-
-class _VettedConnection(http.client.HTTPConnection):
-    """HTTP(S) to an address the guard accepted; TLS verifies the certificate for the URL's host (SNI)."""
-
-    def __init__(self, host: str, port: int, *, guard: AddressGuard, tls: ssl.SSLContext | None,
-                 connect_timeout: float, deadline: float):
-        super().__init__(host, port, timeout=connect_timeout)
-        self.default_port = 443 if tls else 80  # so the Host header leaves out a default port
-        self._guard, self._tls, self._deadline = guard, tls, deadline
-
-    def connect(self) -> None:
-        sock = self._guard.connect(self.host, self.port, self.timeout)
-        sock.settimeout(_remaining(self._deadline))
-        if self._tls is not None:
-            sock = self._tls.wrap_socket(sock, server_hostname=self.host)
-        self.sock = sock
-
-    def response_class(self, sock, *args, **kwargs) -> http.client.HTTPResponse:
-        # getresponse() calls self.response_class(self.sock, ...): handing the response a
-        # deadline-bounded reader makes the attempt budget cover headers and body alike.
-        return http.client.HTTPResponse(_DeadlineSocket(sock, self._deadline), *args, **kwargs)
-
-
-def _remaining(deadline: float) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("the attempt's time budget is spent")
-    return left
-
-
-def _split_http_url(url: str) -> tuple[bool, str, int, str]:
-    """(tls, host, port, request target) of an http(s) URL, or FetchFailure."""
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        raise FetchFailure("bad_url") from None
-    if parts.scheme not in ("http", "https"):
-        raise FetchFailure("unsupported_scheme")  # also stops a redirect to file:// or ftp://
-    if not host:
-        raise FetchFailure("bad_url")
-    try:
-        host = host.encode("idna").decode("ascii")  # internationalised names go on the wire as punycode
-    except UnicodeError:
-        raise FetchFailure("bad_url") from None
-    tls = parts.scheme == "https"
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    # LAION URLs often hold spaces or non-ASCII characters that http.client would refuse.
-    return tls, host, port or (443 if tls else 80), quote(target, safe=_URL_SAFE)
-
-
-def _read_capped(response: http.client.HTTPResponse, max_bytes: int) -> bytes:
-    declared = response.getheader("Content-Length", "")
-    if declared.strip().isdigit() and int(declared) > max_bytes:
-        raise FetchFailure("too_large")  # refuse before reading a byte of it
-    chunks, size = [], 0
-    while chunk := response.read1(_CHUNK):  # one recv per call, so the deadline is checked often
-        size += len(chunk)
-        if size > max_bytes:
-            raise FetchFailure("too_large")
-        chunks.append(chunk)
-    if response.length:  # the server closed before sending the length it declared
-        raise FetchFailure("connection_error", transient=True)
-    return b"".join(chunks)
-
-
-_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-          (b"BM", "BMP"))
-
-
-def sniff_format(data: bytes) -> str | None:
-    """The PIL format named by the file's magic bytes (JPEG, PNG, GIF, WEBP, BMP), else None."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
-
-
-def decode_image(data: bytes, max_pixels: int, max_side: int) -> Image.Image:
-    """Checked RGB image, upright per EXIF; refuses too many pixels before decoding them."""
-    if not data:
-        raise FetchFailure("empty")
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise FetchFailure("not_an_image")  # e.g. an HTML error page served as image/jpeg
-    try:
-        image = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
-    except Image.DecompressionBombError:
-        raise FetchFailure("too_many_pixels") from None
-    except Exception:
-        raise FetchFailure("corrupt_image") from None
-    if image.width * image.height > max_pixels:
-        raise FetchFailure("too_many_pixels")
-    try:
-        if fmt == "JPEG":
-            image.draft("RGB", (max_side, max_side))  # decode at 1/2..1/8 scale when that still covers max_side
-        image.load()  # a full decode: truncated data raises here (LOAD_TRUNCATED_IMAGES is off)
-        return ImageOps.exif_transpose(image).convert("RGB")
-    except Exception:  # decoders of untrusted bytes fail in many ways; all mean the same to us
-        raise FetchFailure("corrupt_image") from None
 
 
 def encode_image(image: Image.Image, cfg: FetchConfig) -> tuple[bytes, int, int]:
@@ -356,10 +175,12 @@ class ImageFetcher:
     def fetch(self, url: object) -> FetchedImage:
         """Download, check and re-encode one image; failures come back as a status, never raised."""
         try:
-            image = decode_image(self._download(url), self.cfg.max_pixels, self.cfg.max_side)
+            image = decode_image(self._download(url), self.cfg.max_pixels, draft_side=self.cfg.max_side)
             return FetchedImage("ok", *encode_image(image, self.cfg))
         except FetchFailure as failure:
             return FetchedImage(failure.status)
+        except ImageError as failure:
+            return FetchedImage(failure.reason)
         except Exception:
             logger.warning("fetch of %r failed unexpectedly", url, exc_info=True)
             return FetchedImage("internal_error")
@@ -413,9 +234,9 @@ class ImageFetcher:
 
     def _http_hop(self, url: str, deadline: float) -> tuple[str, bytes | None]:
         """One request: (redirect target, None) or (url, body)."""
-        tls, host, port, target = _split_http_url(url)
-        conn = _VettedConnection(host, port, guard=self.guard, tls=self.ssl_context if tls else None,
-                                 connect_timeout=min(self.cfg.connect_timeout_s, _remaining(deadline)),
+        tls, host, port, target = split_http_url(url)
+        conn = VettedConnection(host, port, guard=self.guard, tls=self.ssl_context if tls else None,
+                                 connect_timeout=min(self.cfg.connect_timeout_s, remaining(deadline)),
                                  deadline=deadline)
         try:
             conn.request("GET", target, headers={"User-Agent": self.cfg.user_agent, "Accept": "image/*,*/*;q=0.8"})
@@ -429,7 +250,7 @@ class ImageFetcher:
             if response.status != 200:
                 transient = response.status == 429 or response.status >= 500
                 raise FetchFailure(f"http_{response.status}", transient=transient)
-            return url, _read_capped(response, self.cfg.max_bytes)
+            return url, read_capped(response, self.cfg.max_bytes)
         finally:
             conn.close()
 

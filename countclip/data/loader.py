@@ -204,6 +204,8 @@ def load_training_set(dataset: str, image_size: int, limit: int | None = None) -
         raise ValueError(f"dataset {dataset} has no rows")
     images, captions, counts = [], [], []
     for uri in uris:
+        if limit and len(captions) >= limit:
+            break
         filesystem, path = storage.arrow_filesystem(uri)
         table = pq.read_table(path, filesystem=filesystem, columns=["image", "caption", "caption_count", "kind"])
         for data, text, count, kind in zip(*(table.column(c).to_pylist() for c in table.column_names)):

@@ -103,14 +103,12 @@ def write_dataset(output: str, rows: pa.Table, manifest: dict, cfg: ShardConfig,
 
 
 def _write_s3(prefix: str, rows: pa.Table, manifest: dict, cfg: ShardConfig, summary) -> dict:
-    bucket, key = storage.split_s3(f"{prefix}/{MANIFEST}")
-    storage.s3_client().delete_object(Bucket=bucket, Key=key)  # incomplete until rewritten last
+    storage.delete(f"{prefix}/{MANIFEST}")  # incomplete until rewritten last
     result = _write_shards(prefix, rows, manifest, cfg, summary)
     listed = {f"{prefix}/{s['path']}" for s in result["shards"]} | {f"{prefix}/{MANIFEST}"}
     for stale in storage.list_objects(f"{prefix}/shards"):
         if stale not in listed:
-            b, k = storage.split_s3(stale)
-            storage.s3_client().delete_object(Bucket=b, Key=k)
+            storage.delete(stale)
     return result
 
 

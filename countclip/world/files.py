@@ -7,11 +7,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from countclip import storage
-from countclip.numbers import COUNTS
-from countclip.world import caption, render, sample_scene
+from countclip.data.shards import SHARD_SCHEMA, ShardConfig, write_dataset
+from countclip.numbers import COUNTS, caption_variants
+from countclip.world.scenes import caption, render, sample_scene
+from countclip.world.sets import sample_rows
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -70,11 +74,6 @@ def write_source(folder: str | Path, seed: int, rows: int, image_size: int = 128
     similarity; URLs are file:// paths to ``images/``), and ``truth.parquet`` with the ground truth
     of every row (kind, true count of the named shape, the count the caption states). The folder
     appears whole or not at all; the same seed gives the same files."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from countclip.numbers import caption_variants
-
     folder = Path(folder).resolve()
     rng = np.random.default_rng(seed)
     kinds, shares = list(SOURCE_MIX), np.array(list(SOURCE_MIX.values()))
@@ -114,20 +113,12 @@ def write_clean_dataset(output: str, seed: int, rows: int, image_size: int = 64,
                         rows_per_shard: int = 2000) -> dict:
     """A training dataset straight from CountWorld's ground truth (no fetch, no verification): the
     same shards and manifest the build writes, for tests and quick training runs."""
-    import pyarrow as pa
-
-    from countclip.data.shards import SHARD_SCHEMA, ShardConfig, write_dataset
-
-    rng = np.random.default_rng(seed)
     records = []
-    for i in range(rows):
-        counting = rng.random() < counting_share
-        scene = sample_scene(rng, int(rng.integers(2, 11) if counting else rng.integers(1, 11)), same_size=True)
+    for i, row in enumerate(sample_rows(seed, rows, counting_share, same_size=True)):
         records.append({
-            "sample_id": f"cw{seed}-{i:07d}", "url": "", "caption": caption(scene, rng, with_count=counting),
-            "caption_count": scene.count if counting else 0, "noun": "", "kind": "counting" if counting else "non_counting",
-            "detected_count": scene.count, "image": png_bytes(render(scene, image_size)),
-            "image_width": image_size, "image_height": image_size,
+            "sample_id": f"cw{seed}-{i:07d}", "url": "", "caption": row.caption, "caption_count": row.count,
+            "noun": "", "kind": "counting" if row.count else "non_counting", "detected_count": row.scene.count,
+            "image": png_bytes(render(row.scene, image_size)), "image_width": image_size, "image_height": image_size,
         })
     table = pa.Table.from_pylist(records, schema=SHARD_SCHEMA)
     manifest = {"rows_in": rows, "rows_rejected": 0, "rejects": {}, "source": {"countworld_seed": seed}}

@@ -1,18 +1,17 @@
 """The dataset build through Ray Data: CountWorld's noisy source, bad input, S3, a 2-node cluster."""
 
 import http.server
-import json
 import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from countclip.data.build import BuildConfig, build_dataset
 from countclip.data.shards import read_manifest
-from countclip.world_files import png_bytes, write_source
+from countclip.jobs.build_dataset import BuildConfig, build_dataset
+from countclip.world.files import png_bytes, write_source
 
-from .conftest import VERIFIER, ray_job_submit
+from ..conftest import VERIFIER
 
 
 def config(source, output, *overrides, truth=None):
@@ -62,7 +61,7 @@ def test_schema_and_source_errors_stop_before_any_work(source, tmp_path):
 
 
 def test_actor_pools_that_leave_no_cpu_for_reading_are_refused():
-    from countclip.data.build import ClusterConfig, check_capacity
+    from countclip.jobs.build_dataset import ClusterConfig, check_capacity
 
     check_capacity(ClusterConfig(fetch_actors=2, fetch_cpus=0.25, verify_actors=1, verify_cpus=0.5), 2.0)
     with pytest.raises(ValueError, match="reserve 1.5 of the cluster's 2 CPUs"):
@@ -105,7 +104,7 @@ def test_bad_web_input_is_counted_by_reason_and_the_job_completes(tmp_path, ray_
     import numpy as np
     from PIL import Image
 
-    from countclip.world import caption, render, sample_scene
+    from countclip.world.scenes import caption, render, sample_scene
 
     rng = np.random.default_rng(0)
     scene = sample_scene(rng, 3, shape="circle")
@@ -157,21 +156,3 @@ def test_s3_source_and_output(source, s3, tmp_path, ray_fresh):
     assert storage.list_objects(f"s3://{s3}/datasets/cw/.staging") == []  # staging cleaned up
 
 
-@pytest.mark.slow
-def test_ray_job_submit_on_two_nodes_spreads_fetch_and_verify(source, tmp_path, ray_cluster):
-    # LAION comes as many parquet parts; ten give each actor blocks to work on. Each node offers one
-    # fetch and one verify slot, so each pool has an actor on each node.
-    table = pq.read_table(source["source"])
-    (tmp_path / "parts").mkdir()
-    for part in range(10):
-        pq.write_table(table.slice(part * 70, 70), tmp_path / "parts" / f"part-{part}.parquet")
-    cfg = config(tmp_path / "parts", tmp_path / "out", "cluster.fetch_actors=2", "cluster.verify_actors=2",
-                 "cluster.fetch_cpus=0.25", "cluster.verify_cpus=0.5", "cluster.batch_rows=32",
-                 "cluster.fetch_resources={fetch_slot: 1}", "cluster.verify_resources={verify_slot: 1}")
-    (tmp_path / "job.yaml").write_text(cfg.to_yaml())
-    proc = ray_job_submit(ray_cluster, "ray_jobs/build_dataset.py", tmp_path / "job.yaml", timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    manifest = read_manifest(str(tmp_path / "out"))
-    assert len(manifest["nodes"]["fetch"]) == 2 and len(manifest["nodes"]["verify"]) == 2, manifest["nodes"]
-    assert "rows in 700 =" in proc.stdout
-    json.dumps(manifest)

@@ -19,11 +19,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from countclip import storage
-from countclip.config import ConfigBase, ConfigError, require
-from countclip.model import ModelConfig
+import ray
+import ray.train
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig
+from ray.train import ScalingConfig as RayScaling
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from countclip import checkpoint, storage, tracking
+from countclip.config import ConfigBase, require
+from countclip.data.loader import load_training_set
+from countclip.data.shards import read_manifest
+from countclip.distributed import gather_objects, shard_model
+from countclip.environment import configure_environment, ray_init_args
+from countclip.evaluate import evaluate_countbench, load_countbench
+from countclip.model import (
+    ModelConfig,
+    check_architecture,
+    create_model,
+    export_checkpoint,
+    image_size,
+    resolve_pretrained,
+)
 from countclip.tracking import TrackingConfig
-from countclip.train import TrainConfig
+from countclip.train import TrainConfig, train
 
 
 @dataclass
@@ -77,25 +96,18 @@ class TrainJobConfig(ConfigBase):
 
 def preflight(cfg: TrainJobConfig) -> dict:
     """Everything knowable before a worker starts; returns the dataset manifest."""
-    from countclip.data.shards import read_manifest
-    from countclip.evaluate import load_countbench
-    from countclip.model import known_architectures, register_architectures, resolve_pretrained
-    from countclip.tracking import check_reachable
-
     manifest = read_manifest(cfg.dataset)
     if manifest["rows_written"] == 0 or not manifest["shards"]:
         raise ValueError(f"dataset {cfg.dataset} is empty: its manifest lists no rows")
     counting = manifest["written"]["counting"]
     if cfg.train.counting_fraction and counting == 0:
         raise ValueError(f"dataset {cfg.dataset} has no counting rows but train.counting_fraction > 0")
-    register_architectures()
-    if cfg.model.arch not in known_architectures():
-        raise ConfigError(f"unknown architecture {cfg.model.arch!r} (open_clip.list_models() lists the known ones)")
+    check_architecture(cfg.model.arch)
     resolve_pretrained(cfg.model.arch, cfg.model.pretrained)
     if cfg.benchmark:
         load_countbench(cfg.benchmark)
     _check_writable(cfg.storage_path)
-    check_reachable(cfg.tracking)
+    tracking.check_reachable(cfg.tracking)
     return manifest
 
 
@@ -105,29 +117,16 @@ def _check_writable(uri: str) -> None:
         storage.write_bytes(probe, b"ok")
     except Exception as exc:  # any failure to write means the job could never checkpoint
         raise PermissionError(f"storage_path {uri} is not writable: {exc}") from None
-    if storage.is_s3(probe):
-        bucket, key = storage.split_s3(probe)
-        storage.s3_client().delete_object(Bucket=bucket, Key=key)
-    else:
-        storage.local_path(probe).unlink()
+    storage.delete(probe)
 
 
 def run_training(cfg: TrainJobConfig, echo=print) -> dict:
     """Preflight, train on Ray, export the final model; return a summary."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train import ScalingConfig as RayScaling
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from countclip import tracking
-
     tracking.quiet_mlflow()
     manifest = preflight(cfg)
     run_id = tracking.start_run(cfg.tracking, cfg.name, cfg.to_dict(),
                                 {"config.yaml": cfg.to_yaml(), "dataset_manifest.json": _manifest_summary(manifest)})
     if not ray.is_initialized():
-        from countclip.environment import ray_init_args
-
         ray.init(**ray_init_args(None, None))
     storage_path = cfg.storage_path if storage.is_s3(cfg.storage_path) else str(Path(cfg.storage_path).resolve())
     filesystem = storage.arrow_filesystem(storage_path)[0] if storage.is_s3(storage_path) else None
@@ -163,10 +162,6 @@ def _manifest_summary(manifest: dict) -> dict:
 
 def export_final(cfg: TrainJobConfig, folder: Path, run_id: str | None) -> dict:
     """Load the last training checkpoint into a plain model and write the open_clip export."""
-    from countclip import checkpoint, tracking
-    from countclip.evaluate import evaluate_countbench
-    from countclip.model import create_model, export_checkpoint
-
     model, preprocess, tokenizer = create_model(cfg.model.replace(pretrained=None))
     marker = checkpoint.load_model_weights(folder, model)
     export_checkpoint(model, cfg.export_uri())
@@ -178,26 +173,8 @@ def export_final(cfg: TrainJobConfig, folder: Path, run_id: str | None) -> dict:
     return out
 
 
-def dist_available() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()
-
-
 def worker_main(config: dict) -> None:
     """One Ray Train worker: model -> shard -> data -> the training loop, reporting checkpoints."""
-    import ray
-    import ray.train
-    import torch
-    import torch.distributed as dist
-
-    from countclip import tracking
-    from countclip.data.loader import load_training_set
-    from countclip.distributed import shard_model
-    from countclip.environment import configure_environment
-    from countclip.model import create_model
-    from countclip.train import train
-
     cfg = TrainJobConfig.from_dict(config["job"])
     run_id = config["run_id"]
     configure_environment()
@@ -208,19 +185,16 @@ def worker_main(config: dict) -> None:
         Path(pid_dir).mkdir(parents=True, exist_ok=True)
         (Path(pid_dir) / f"rank{rank}.pid").write_text(str(os.getpid()))
     device = ray.train.torch.get_device()
-    if dist_available():  # every rank joins the gather; rank 0 records where the workers ran
-        nodes = [None] * context.get_world_size()
-        dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
-        if rank == 0:
-            tracking.set_tags(cfg.tracking, run_id, {"worker_nodes": ",".join(nodes)})
+    nodes = gather_objects(ray.get_runtime_context().get_node_id())  # every rank joins the gather
+    if rank == 0:  # rank 0 records where the workers ran
+        tracking.set_tags(cfg.tracking, run_id, {"worker_nodes": ",".join(nodes)})
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)  # every rank builds the same initial model
     model, preprocess, tokenizer = create_model(cfg.model, device)
     model = shard_model(model, cfg.scaling.strategy, device, mixed_precision=cfg.scaling.mixed_precision,
                         activation_checkpointing=cfg.scaling.activation_checkpointing)
-    image_size = preprocess.transforms[0].size if hasattr(preprocess.transforms[0], "size") else 224
-    data = load_training_set(cfg.dataset, image_size if isinstance(image_size, int) else image_size[0])
+    data = load_training_set(cfg.dataset, image_size(model))
 
     # Rows are published with their checkpoint. A worker can die after rank 0 published but before
     # the checkpoint was registered; the group then trains those steps again (with the same results,
@@ -231,8 +205,6 @@ def worker_main(config: dict) -> None:
         nonlocal published
         metrics = dict(rows[-1]) if rows else {"step": step}
         if cfg.benchmark:
-            from countclip.evaluate import evaluate_countbench
-
             metrics["count_accuracy"] = evaluate_countbench(model, tokenizer, preprocess, cfg.benchmark, device=device).accuracy
             model.train()
             rows = [*rows, {"step": step, "count_accuracy": metrics["count_accuracy"]}]

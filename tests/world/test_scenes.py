@@ -1,11 +1,9 @@
-import json
 
 import numpy as np
 import pytest
 
 from countclip.numbers import count_from_caption, parse_caption
-from countclip.world import PLURALS, SHAPES, caption, render, sample_scene
-from countclip.world_files import write_benchmark
+from countclip.world.scenes import PLURALS, SHAPES, caption, render, sample_scene
 
 
 def test_same_seed_same_world():
@@ -35,7 +33,7 @@ def test_rendered_objects_are_visible_in_their_boxes():
     pixels = render(scene, 64).astype(int)
     for x0, y0, x1, y1 in scene.boxes:
         cx, cy = int((x0 + x1) / 2 * 64), int((y0 + y1) / 2 * 64)
-        from countclip.world import OBJECT_COLOURS
+        from countclip.world.scenes import OBJECT_COLOURS
 
         assert np.abs(pixels[cy, cx] - OBJECT_COLOURS[scene.colour]).sum() < 10
 
@@ -65,23 +63,10 @@ def test_captions_are_diverse():
     assert {s for s in SHAPES} == {sample_scene(rng, 2).shape for _ in range(400)}
 
 
-def test_benchmark_is_balanced_and_in_countbench_format(tmp_path):
-    path = write_benchmark(tmp_path / "bench", seed=3, per_count=4, image_size=48)
-    entries = json.loads(path.read_text())
-    assert len(entries) == 36
-    assert sorted(set(e["number"] for e in entries)) == list(range(2, 11))
-    assert all(sum(e["number"] == n for e in entries) == 4 for n in range(2, 11))
-    for e in entries:
-        assert set(e) == {"image_url", "text", "number"}
-        assert count_from_caption(e["text"]) == e["number"]
-        assert (path.parent / e["image_url"]).is_file()
-    again = write_benchmark(tmp_path / "again", seed=3, per_count=4, image_size=48)
-    assert again.read_text() == path.read_text()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
 def test_zeroshot_prompts_name_their_class():
-    from countclip.world import ZEROSHOT_TASKS, zeroshot_prompts
+    from countclip.world.scenes import ZEROSHOT_TASKS, zeroshot_prompts
 
     for task, classes in ZEROSHOT_TASKS.items():
         for value in classes:

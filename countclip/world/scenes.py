@@ -10,7 +10,8 @@ The world is deliberately diverse (shapes x colours x sizes x backgrounds x text
 tens of thousands of caption contents): in a fine-tuning batch, two captions that differ only in the
 number word are then rare, as in LAION, so a model can only learn to count from a loss that asks it to.
 Files for the data pipeline (a LAION-style parquet source with realistic noise, and a CountBench-format
-benchmark) are written by ``countclip.world_files``.
+benchmark) are written by ``countclip.world.files``; training and zero-shot sets come from
+``countclip.world.sets``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from countclip.numbers import NUMBER_WORDS
+from countclip.numbers import WORD_FOR_COUNT
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "cross", "hexagon", "heart")
 PLURALS: dict[str, str] = {shape: shape + "s" for shape in SHAPES} | {"cross": "crosses"}
@@ -49,7 +50,6 @@ BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {
 TEXTURES: tuple[str, ...] = ("plain", "striped", "dotted", "checked")
 SIZES: dict[str, tuple[float, float]] = {"small": (0.055, 0.07), "large": (0.08, 0.095)}  # radius / side
 GRID_SIZES: dict[str, tuple[float, float]] = {"small": (0.6, 0.7), "large": (0.8, 0.9)}  # radius / half cell
-WORD_FOR_COUNT: dict[int, str] = {n: w for w, n in NUMBER_WORDS.items()}
 
 PREFIXES: tuple[str, ...] = ("", "a photo of", "a picture of", "an image with", "there are", "close-up of")
 BACKDROPS: tuple[str, ...] = (

@@ -13,12 +13,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from countclip import storage
+from countclip import storage, tracking
 from countclip.config import ConfigBase, require
-from countclip.data.fetch import FetchConfig
-from countclip.model import ModelConfig
+from countclip.data.fetch import FetchConfig, ImageFetcher
+from countclip.evaluate import (
+    cached_image_name,
+    evaluate_countbench,
+    find_image,
+    load_countbench,
+    open_benchmark_image,
+    retrieval_metrics,
+    save_confusion_png,
+    zeroshot_imagefolder,
+)
+from countclip.images import normalize
+from countclip.model import ModelConfig, create_model, image_size, preprocess_config
+from countclip.numbers import parse_caption
 from countclip.tracking import TrackingConfig
+from countclip.world.files import png_bytes
+from countclip.world.scenes import render, sample_scene
+from countclip.world.sets import zeroshot_by_task, zeroshot_set
 
 
 @dataclass
@@ -68,8 +84,6 @@ class EvalJobConfig(ConfigBase):
 
 def gather_images(cfg: EvalJobConfig, entries: list[dict]) -> Path:
     """A local folder where ``evaluate.find_image`` finds every benchmark image there is."""
-    from countclip.evaluate import cached_image_name, find_image
-
     bench_dir = storage.local_path(cfg.countbench).parent if not storage.is_s3(cfg.countbench) else None
     root = Path(cfg.images) if cfg.images and not storage.is_s3(cfg.images) else bench_dir
     if not (cfg.images and storage.is_s3(cfg.images)) and not cfg.fetch_missing:
@@ -83,8 +97,6 @@ def gather_images(cfg: EvalJobConfig, entries: list[dict]) -> Path:
                 storage.write_bytes(target, storage.read_bytes(uri))
         root = cache
     if cfg.fetch_missing:
-        from countclip.data.fetch import ImageFetcher
-
         missing = [e["image_url"] for i, e in enumerate(entries)
                    if "://" in e["image_url"] and find_image(e["image_url"], root, i) is None
                    and find_image(e["image_url"], cache, i) is None]
@@ -106,26 +118,13 @@ def gather_images(cfg: EvalJobConfig, entries: list[dict]) -> Path:
 
 def load_model(cfg: ModelConfig):
     """(model, preprocess, tokenizer) from a checkpoint, a pretrained tag, or a models:/ URI."""
-    from countclip.model import create_model
-
-    if cfg.pretrained and cfg.pretrained.startswith(("models:/", "runs:/")):
-        import mlflow.pyfunc
-
-        predictor = mlflow.pyfunc.load_model(cfg.pretrained).unwrap_python_model().predictor
+    if tracking.is_model_uri(cfg.pretrained):
+        predictor = tracking.load_count_predictor(cfg.pretrained)
         return predictor.model, predictor.preprocess, predictor.tokenizer
     return create_model(cfg)
 
 
 def run_evaluation(cfg: EvalJobConfig, echo=print) -> dict:
-    from countclip import tracking
-    from countclip.evaluate import (
-        evaluate_countbench,
-        load_countbench,
-        retrieval_metrics,
-        save_confusion_png,
-        zeroshot_imagefolder,
-    )
-
     tic = time.perf_counter()
     tracking.quiet_mlflow()
     entries = load_countbench(cfg.countbench)  # a malformed file stops here, before anything is logged
@@ -145,11 +144,10 @@ def run_evaluation(cfg: EvalJobConfig, echo=print) -> dict:
 
     zeroshot = {}
     if cfg.countworld_zeroshot:
-        from countclip.experiment import _to_model_input, zeroshot_by_task, zeroshot_set
-
-        images, labels = zeroshot_set(seed=12345, n=400, image_size=_image_size(preprocess), same_size=True)
-        zeroshot |= {f"countworld_{k}": v for k, v in zeroshot_by_task(model, tokenizer, _to_model_input(images),
-                                                                       labels, "cpu").items()}
+        images, labels = zeroshot_set(seed=12345, n=400, image_size=image_size(model), same_size=True)
+        stats = preprocess_config(model)
+        inputs = normalize(images, stats["mean"], stats["std"])
+        zeroshot |= {f"countworld_{k}": v for k, v in zeroshot_by_task(model, tokenizer, inputs, labels, "cpu").items()}
     for folder in cfg.zeroshot_folders:
         zeroshot[f"folder_{Path(folder).name}"] = zeroshot_imagefolder(model, tokenizer, preprocess, folder)["accuracy"]
     results["zeroshot"] = zeroshot
@@ -158,8 +156,6 @@ def run_evaluation(cfg: EvalJobConfig, echo=print) -> dict:
 
     images, counts, nouns = _retrieval_set(entries, root, preprocess)
     if len(images):
-        import torch
-
         pixels = torch.stack(images)
         results["retrieval"] = {"model": retrieval_metrics(model, tokenizer, pixels, counts, nouns, cfg.retrieval_k)}
         if cfg.baseline is not None:
@@ -176,20 +172,12 @@ def run_evaluation(cfg: EvalJobConfig, echo=print) -> dict:
     return results
 
 
-def _image_size(preprocess) -> int:
-    size = getattr(preprocess.transforms[0], "size", 224)
-    return size if isinstance(size, int) else size[0]
-
-
 def _retrieval_set(entries: list[dict], root: Path, preprocess):
-    from countclip.evaluate import _open_image, find_image
-    from countclip.numbers import parse_caption
-
     images, counts, nouns = [], [], []
     for i, entry in enumerate(entries):
         parsed = parse_caption(entry["text"])
         path = find_image(entry["image_url"], root, i)
-        image = _open_image(path) if path and parsed and parsed.noun else None
+        image = open_benchmark_image(path) if path and parsed and parsed.noun else None
         if image is not None:
             images.append(preprocess(image))
             counts.append(entry["number"])
@@ -198,19 +186,14 @@ def _retrieval_set(entries: list[dict], root: Path, preprocess):
 
 
 def _log_and_register(cfg: EvalJobConfig, metrics: dict, out: Path, echo) -> dict:
-    from countclip import tracking
-
     if not cfg.tracking.enabled:
         return {}
-    checkpoint = storage.local_copy(cfg.model.pretrained) if not cfg.model.pretrained.startswith(("models:/", "runs:/")) else None
+    checkpoint = None if tracking.is_model_uri(cfg.model.pretrained) else storage.local_copy(cfg.model.pretrained)
     run_id = tracking.start_run(cfg.tracking, "evaluate", cfg.to_dict(), {"report.json": (out / "report.json").read_text()})
     tracking.log_metric_rows(cfg.tracking, run_id, [{"step": 0, **metrics}])
     tracking.log_file(cfg.tracking, run_id, out / "confusion.png")
     decision = {"run_id": run_id}
     if checkpoint is not None:
-        from countclip.world import render, sample_scene
-        from countclip.world_files import png_bytes
-
         example = png_bytes(render(sample_scene(np.random.default_rng(0), 3), 64))
         model_uri = tracking.log_count_model(cfg.tracking, run_id, checkpoint, cfg.model.arch, example)
         decision["model_uri"] = model_uri

@@ -2,7 +2,7 @@
 
 ``train_countworld_verifier`` renders a YOLO-format dataset of CountWorld scenes (1..10 objects of one
 shape, and in some scenes distractors of another shape; every object is labelled with its own shape,
-class names = ``world.SHAPES``), trains Ultralytics YOLOv8n from its architecture YAML (no download),
+class names = ``world.scenes.SHAPES``), trains Ultralytics YOLOv8n from its architecture YAML (no download),
 and keeps ``best.pt`` under a stable name with a JSON record of how it was made.
 ``evaluate_counts`` renders fresh scenes and reports how often the counted shape's detected count is
 exact, counting with the verify stage's own code (``countclip.data.verify.YoloVerifier.count``).
@@ -27,8 +27,8 @@ import numpy as np
 from countclip import storage
 from countclip.data.verify import VerifyConfig, YoloVerifier, configure_ultralytics
 from countclip.numbers import COUNTS
-from countclip.world import PLURALS, SHAPES, Scene, render, sample_scene
-from countclip.world_files import png_bytes
+from countclip.world.files import png_bytes
+from countclip.world.scenes import PLURALS, SHAPES, Scene, render, sample_scene
 
 CHECKPOINT_NAME = "countworld-yolov8n.pt"
 MAX_DISTRACTORS = 4
@@ -135,7 +135,7 @@ def train_countworld_verifier(
     import torch
 
     record = {
-        "call": "from countclip.verifier import train_countworld_verifier; "
+        "call": "from countclip.world.detector import train_countworld_verifier; "
                 f"train_countworld_verifier({str(out_dir)!r}, " + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")",
         "params": params,
         "ultralytics_args": dict(model="yolov8n.yaml", deterministic=True, plots=False, flipud=0.0, scale=scale),

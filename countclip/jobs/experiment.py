@@ -22,11 +22,13 @@ import torch
 from countclip import storage
 from countclip.config import ConfigBase, require
 from countclip.data.loader import TrainingSet, load_training_set
-from countclip.evaluate import evaluate_countbench, save_confusion_png, zeroshot_accuracy
-from countclip.model import ModelConfig, create_model, export_checkpoint
+from countclip.evaluate import evaluate_countbench, save_confusion_png
+from countclip.images import normalize
+from countclip.model import ModelConfig, create_model, export_checkpoint, preprocess_config
 from countclip.train import LossConfig, OptimConfig, TrainConfig, train
-from countclip.world import ZEROSHOT_TASKS, CaptionStyle, caption, render, sample_scene, zeroshot_prompts
-from countclip.world_files import write_benchmark
+from countclip.world.files import write_benchmark
+from countclip.world.scenes import CaptionStyle
+from countclip.world.sets import training_set, zeroshot_by_task, zeroshot_set
 
 VARIANTS = ("base", "control", "countclip")
 
@@ -106,47 +108,6 @@ class ExperimentConfig(ConfigBase):
         require(self.device == "cpu" or self.device.startswith("cuda"), f"device must be cpu or cuda[:N], got {self.device!r}")
 
 
-def world_training_set(seed: int, n: int, image_size: int, counting_share: float,
-                       style: CaptionStyle | None = None, same_size: bool = False, grid: int | None = None) -> TrainingSet:
-    """``n`` CountWorld rows; a ``counting_share`` of them with counting captions (counts 2..10)."""
-    rng = np.random.default_rng(seed)
-    images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
-    captions, counts = [], np.zeros(n, dtype=np.int64)
-    for i in range(n):
-        counting = rng.random() < counting_share
-        scene = sample_scene(rng, int(rng.integers(2, 11) if counting else rng.integers(1, 11)), same_size=same_size,
-                             grid=grid)
-        images[i] = render(scene, image_size)
-        captions.append(caption(scene, rng, with_count=counting, style=style or CaptionStyle()))
-        counts[i] = scene.count if counting else 0
-    return TrainingSet(images, captions, counts)
-
-
-def zeroshot_set(seed: int, n: int, image_size: int, same_size: bool = False,
-                 grid: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Held-out images and their class index for each zero-shot task (shape, colour, background)."""
-    rng = np.random.default_rng(seed)
-    scenes = [sample_scene(rng, int(rng.integers(1, 11)), same_size=same_size, grid=grid) for _ in range(n)]
-    images = np.stack([render(scene, image_size) for scene in scenes])
-    labels = {task: np.array([classes.index(getattr(s, task)) for s in scenes]) for task, classes in ZEROSHOT_TASKS.items()}
-    return images, labels
-
-
-def zeroshot_by_task(model, tokenizer, images: torch.Tensor, labels: dict[str, np.ndarray], device) -> dict[str, float]:
-    return {
-        task: zeroshot_accuracy(model, tokenizer, images, labels[task],
-                                [zeroshot_prompts(task, value) for value in classes], device=device)
-        for task, classes in ZEROSHOT_TASKS.items()
-    }
-
-
-def _to_model_input(images: np.ndarray) -> torch.Tensor:
-    from countclip.data.loader import OPENAI_MEAN, OPENAI_STD
-
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    return (pixels - torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
-
-
 def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
     """Run the whole experiment; return the report (also written to ``cfg.out``/report.json)."""
     out = Path(cfg.out)
@@ -155,24 +116,25 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
     t0 = time.perf_counter()
     w = cfg.world
     echo(f"[world] seed {cfg.seed}: {w.pretrain_images} pretraining, {w.finetune_images} fine-tuning images")
-    pretrain_data = world_training_set(cfg.seed * 7919 + 1, w.pretrain_images, w.image_size, 0.0, w.style("pretrain"), w.same_size,
+    pretrain_data = training_set(cfg.seed * 7919 + 1, w.pretrain_images, w.image_size, 0.0, w.style("pretrain"), w.same_size,
                                        w.grid)
     if w.finetune_dataset:
         finetune_data = load_training_set(w.finetune_dataset, w.image_size)
         echo(f"[world] fine-tuning on {len(finetune_data)} rows of {w.finetune_dataset} "
              f"({int(finetune_data.is_counting.sum())} counting)")
     else:
-        finetune_data = world_training_set(cfg.seed * 7919 + 2, w.finetune_images, w.image_size, w.counting_share,
+        finetune_data = training_set(cfg.seed * 7919 + 2, w.finetune_images, w.image_size, w.counting_share,
                                            w.style("finetune"), w.same_size, w.grid)
     bench_file = write_benchmark(out / "benchmark", seed=cfg.seed * 7919 + 3, per_count=w.benchmark_per_count,
                                  image_size=w.image_size, same_size=w.same_size, grid=w.grid)
     zs_images, zs_labels = zeroshot_set(cfg.seed * 7919 + 4, w.zeroshot_images, w.image_size, w.same_size, w.grid)
-    zs_inputs = _to_model_input(zs_images)
     echo(f"[world] ready in {time.perf_counter() - t0:.0f}s; benchmark {bench_file}")
 
     torch.manual_seed(cfg.seed)
     device = cfg.device
     model, preprocess, tokenizer = create_model(cfg.model, device)
+    stats = preprocess_config(model)
+    zs_inputs = normalize(zs_images, stats["mean"], stats["std"])
     _train_stage("pretrain", cfg.pretrain.replace(seed=cfg.seed), model, tokenizer, pretrain_data, echo, device)
     base_path = out / "checkpoints" / "base.pt"
     export_checkpoint(model, base_path)

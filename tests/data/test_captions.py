@@ -1,8 +1,22 @@
+"""countclip.data.captions: the caption stage, the vectorised parse (agreeing with the scalar one) and the id hash."""
+
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
-from countclip.data.captions import CaptionConfig, CaptionFilter, check_columns, hash_ids, sample_fraction
+from countclip.data import captions as captions_module
+from countclip.data.captions import (
+    CaptionConfig,
+    CaptionFilter,
+    check_columns,
+    hash_ids,
+    parse_captions,
+    sample_fraction,
+)
+from countclip.numbers import parse_caption
+
+from ..test_numbers import TRICKY, _countbench, _mixtures
 
 
 def source(**columns):
@@ -91,3 +105,72 @@ def test_sample_fraction_is_uniform_and_spreads_similar_ids():
     histogram, _ = np.histogram(frac, bins=10, range=(0, 1))
     assert histogram.min() > 4500 and histogram.max() < 5500  # 5000 expected per bin
     assert len(np.unique(frac)) == len(frac)
+
+
+def _scalar_table(captions) -> list[tuple]:
+    rows = []
+    for caption in captions:
+        p = parse_caption(caption)
+        rows.append((p.count, p.noun, p.noun_phrase, *p.spans[0]) if p else (None,) * 5)
+    return rows
+
+
+def _rows(table: pa.Table) -> list[tuple]:
+    return list(zip(*(table.column(name).to_pylist() for name in table.column_names)))
+
+
+def test_vectorised_agrees_with_scalar_on_tricky_and_random_captions():
+    captions = TRICKY + _mixtures(3000) + [None, ""]
+    table = parse_captions(captions)
+    assert table.schema.types == [pa.int8(), pa.string(), pa.string(), pa.int32(), pa.int32()]
+    assert _rows(table) == _scalar_table(captions)
+
+
+def _counts(captions) -> list:
+    return parse_captions(captions).column("count").to_pylist()
+
+
+def test_vectorised_parses_only_rows_with_a_number_word(monkeypatch):
+    calls = []
+    monkeypatch.setattr(captions_module, "parse_caption", lambda c: calls.append(c) or parse_caption(c))
+    captions = ["a dog on a lawn"] * 990 + ["two dogs", "often", "ten-speed"] + [None] * 7
+    assert _counts(captions) == [None] * 990 + [2] + [None] * 9
+    assert calls == ["two dogs", "ten-speed"]  # "often" never matches the RE2 prefilter
+
+
+def test_vectorised_keeps_rows_aligned_across_chunks():
+    chunked = pa.chunked_array([["two dogs", None], [], ["no number", "Three Cats"]], pa.string())
+    table = parse_captions(chunked)
+    assert table.column("count").to_pylist() == [2, None, None, 3]
+    assert table.column("span_start").to_pylist() == [0, None, None, 0]
+
+
+def test_vectorised_nulls_become_null_counts():
+    captions = ["two dogs", None, float("nan"), pd.NA, "", b"three cats", b"\xfftwo dogs"]
+    expected = [2, None, None, None, None, 3, None]  # invalid UTF-8 is no caption, not a crash
+    assert _counts(captions) == expected
+    series = pd.Series(["two dogs", None, np.nan, "five cats"], index=[10, 3, 7, 1])
+    assert _counts(series) == [2, None, None, 5]
+
+
+def test_vectorised_binary_input_with_invalid_utf8():
+    binary = pa.array([b"two dogs", b"\xff\xfe", None, b"ten eggs"], pa.binary())
+    assert _counts(binary) == [2, None, None, 10]
+    assert _counts(pa.array([b"six cats"], pa.large_binary())) == [6]
+
+
+def test_vectorised_other_inputs():
+    assert parse_captions([]).num_rows == 0
+    assert _counts(pa.array(["two dogs"], pa.large_string())) == [2]
+    assert _counts(pa.nulls(2)) == [None, None]
+    with pytest.raises(TypeError, match="int"):
+        parse_captions(["two dogs", 3])
+    with pytest.raises(TypeError, match="int64"):
+        parse_captions(pa.array([1, 2]))
+
+
+def test_countbench_vectorised_agrees_with_scalar():
+    texts = [e["text"] for e in _countbench()]
+    assert _rows(parse_captions(texts)) == _scalar_table(texts)
+
+

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from countclip.config import ConfigError
-from countclip.trainer import TrainJobConfig, preflight
-from countclip.world_files import write_clean_dataset
+from countclip.jobs.train import TrainJobConfig, preflight
+from countclip.world.files import write_clean_dataset
 
-from .conftest import free_port
+from ..conftest import free_port
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_fsdp_on_two_workers_matches_one_process_and_survives_a_worker_kill(data
     model equal a single-process run at the same global batch and seed."""
     import ray
 
-    from countclip.trainer import run_training
+    from countclip.jobs.train import run_training
 
     pid_dir = tmp_path / "pids"
     monkeypatch.setenv("COUNTCLIP_PID_DIR", str(pid_dir))
@@ -134,23 +134,3 @@ def test_fsdp_on_two_workers_matches_one_process_and_survives_a_worker_kill(data
     assert Path(summary["export"]).is_file() and summary["step"] == 6
 
 
-@pytest.mark.slow
-def test_ray_job_submit_trains_on_two_nodes_and_logs_to_an_mlflow_server(dataset, tmp_path, ray_cluster, mlflow_server):
-    import mlflow
-
-    from .conftest import ray_job_submit
-
-    cfg = job(dataset, tmp_path, f"tracking.uri={mlflow_server['url']}", "tracking.experiment=submitted",
-              "name=submitted", "train.steps=4", "scaling.cpus_per_worker=2")  # a whole node each
-    (tmp_path / "train.yaml").write_text(cfg.to_yaml())
-    proc = ray_job_submit(ray_cluster, "ray_jobs/train.py", tmp_path / "train.yaml", timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    client = mlflow.MlflowClient(mlflow_server["url"])
-    runs = client.search_runs([client.get_experiment_by_name("submitted").experiment_id])
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
-    assert steps == [1, 2, 3, 4]
-    checkpoints = sorted((tmp_path / "store" / "submitted").glob("checkpoint_*/step.json"))
-    assert [json.loads(p.read_text())["step"] for p in checkpoints] == [2, 4]
-    assert (tmp_path / "store" / "submitted" / "model.pt").is_file()
-    assert len(set(runs[0].data.tags["worker_nodes"].split(","))) == 2  # one worker on each node

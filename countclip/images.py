@@ -1,0 +1,115 @@
+"""Images in: the one place that opens, checks and decodes image bytes or files, and normalises pixels.
+
+Every image the system reads (a fetched download, a shard row, a benchmark file, a file or request
+given to a served model) goes through ``decode_image``: its format is read from the magic bytes, the
+pixel count is checked on the header before anything is decoded (a 140 KB PNG can hold 144 megapixels),
+EXIF orientation is applied and the result is RGB. Failures are ``ImageError`` with a machine-readable
+``reason`` (empty, not_an_image, too_many_pixels, corrupt_image), never PIL's own exception types.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+MAX_PIXELS = 40_000_000
+"""Default cap on width x height of any image decoded (the fetch stage's default too)."""
+
+_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+          (b"BM", "BMP"))
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; ``reason`` says why in one word."""
+
+    def __init__(self, reason: str, message: str | None = None):
+        super().__init__(message or reason.replace("_", " "))
+        self.reason = reason
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The PIL format named by the file's magic bytes (JPEG, PNG, GIF, WEBP, BMP), else None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, draft_side: int | None = None) -> Image.Image:
+    """Checked RGB image, upright per EXIF; refuses too many pixels before decoding them.
+
+    draft_side: a JPEG may be decoded at 1/2..1/8 scale when that still covers this many pixels.
+    """
+    if not data:
+        raise ImageError("empty", "the image is empty (0 bytes)")
+    fmt = sniff_format(bytes(data[:16]))
+    if fmt is None:
+        raise ImageError("not_an_image", "not an image (no JPEG, PNG, GIF, WEBP or BMP signature)")
+    try:
+        image = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
+    except Image.DecompressionBombError:
+        raise ImageError("too_many_pixels", f"the image has more than {max_pixels:,} pixels") from None
+    except Exception:
+        raise ImageError("corrupt_image", f"a corrupt {fmt} image") from None
+    if image.width * image.height > max_pixels:
+        raise ImageError("too_many_pixels", f"the image has {image.width}x{image.height} pixels, "
+                                            f"more than the {max_pixels:,} allowed")
+    try:
+        if fmt == "JPEG" and draft_side:
+            image.draft("RGB", (draft_side, draft_side))
+        image.load()  # a full decode: truncated data raises here (LOAD_TRUNCATED_IMAGES is off)
+        return ImageOps.exif_transpose(image).convert("RGB")
+    except Exception:  # decoders of untrusted bytes fail in many ways; all mean the same to us
+        raise ImageError("corrupt_image", f"a corrupt {fmt} image") from None
+
+
+def read_image_file(path: str | Path, max_pixels: int = MAX_PIXELS, max_bytes: int = 64 * 2**20) -> Image.Image:
+    """``decode_image`` of a regular file's bytes; FileNotFoundError when there is no such file.
+
+    Only regular files are opened (a FIFO or device would block or never end), and at most
+    ``max_bytes`` are read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist or is not a regular file")
+    with path.open("rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageError("too_large", f"image {path} is larger than {max_bytes:,} bytes")
+    return decode_image(data, max_pixels)
+
+
+def open_image(item, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An RGB image from encoded bytes, a file path or a PIL image; ValueError naming what is wrong."""
+    if isinstance(item, Image.Image):
+        if item.width * item.height > max_pixels:
+            raise ImageError("too_many_pixels", f"the image has more than {max_pixels:,} pixels")
+        return item.convert("RGB")
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        try:
+            return decode_image(bytes(item), max_pixels)
+        except ImageError as exc:
+            raise ImageError(exc.reason, f"<{len(item)} bytes> is not a readable image: {exc}") from None
+    if isinstance(item, (str, Path)):
+        try:
+            return read_image_file(item, max_pixels)
+        except FileNotFoundError as exc:
+            raise ValueError(str(exc)) from None
+        except ImageError as exc:
+            raise ImageError(exc.reason, f"{item} is not a readable image: {exc}") from None
+    raise ValueError(f"an image must be bytes, a path or a PIL image, got {type(item).__name__}")
+
+
+def normalize(pixels: np.ndarray | torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float32 model input, standardised with mean/std in [0, 1] units."""
+    pixels = torch.as_tensor(np.ascontiguousarray(pixels) if isinstance(pixels, np.ndarray) else pixels)
+    pixels = pixels.permute(0, 3, 1, 2).float()
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1) * 255
+    std_t = torch.tensor(std).view(1, 3, 1, 1) * 255
+    return (pixels - mean_t) / std_t
+
+
+__all__ = ["MAX_PIXELS", "ImageError", "decode_image", "normalize", "open_image", "read_image_file", "sniff_format"]
