@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import resource
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,12 +25,12 @@ import torch
 def worker(rank: int, world: int, strategy: str, args, port: int, queue) -> None:
     import torch.distributed as dist
 
-    from countclip.data.loader import TrainingSet
+    from countclip.data.batches import TrainingStream
     from countclip.distributed import shard_model
     from countclip.environment import configure_environment
     from countclip.model import ModelConfig, count_parameters, create_model
     from countclip.train import LossConfig, OptimConfig, TrainConfig, train
-    from countclip.world.scenes import caption, render, sample_scene
+    from countclip.world.files import write_clean_dataset
 
     configure_environment()
     torch.set_num_threads(2 // world)
@@ -38,17 +39,18 @@ def worker(rank: int, world: int, strategy: str, args, port: int, queue) -> None
         dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
     model, preprocess, tokenizer = create_model(ModelConfig(arch=args.arch))
-    size = preprocess.transforms[0].size if isinstance(preprocess.transforms[0].size, int) else preprocess.transforms[0].size[0]
     params = count_parameters(model)
     model = shard_model(model, strategy, torch.device("cpu"))
-    rng = np.random.default_rng(0)
-    scenes = [sample_scene(rng, int(rng.integers(2, 11))) for _ in range(args.batch * 2)]
-    counting = np.arange(len(scenes)) % 2 == 0
-    data = TrainingSet(np.stack([render(s, size) for s in scenes]),
-                       [caption(s, rng, with_count=bool(c)) for s, c in zip(scenes, counting)],
-                       np.where(counting, [s.count for s in scenes], 0))
+    dataset = os.path.join(args.data_dir, "dataset")
+    if rank == 0 and not os.path.exists(os.path.join(dataset, "manifest.json")):
+        write_clean_dataset(dataset, seed=0, rows=args.batch * 4, image_size=preprocess.size[0], counting_share=0.5)
+    if world > 1:
+        dist.barrier()
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch, counting_fraction=0.5, log_every=1,
                       optim=OptimConfig(lr=1e-5, warmup_steps=1), loss=LossConfig(count_lambda=1.0))
+    # One process trains on the global batches of the 2-worker runs (both ranks' rows each step).
+    views = {"rank": rank, "world_size": world} if world > 1 else {"ranks": [0, 1], "world_size": 2}
+    data = TrainingStream.for_training(dataset, cfg, preprocess, **views)
     tic = time.perf_counter()
     history = train(cfg, model, tokenizer, data).history
     elapsed = time.perf_counter() - tic
@@ -87,6 +89,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    args.data_dir = tempfile.mkdtemp(prefix="fsdp-bench-")  # the dataset all three runs stream
     results = {"arch": args.arch, "global_batch": args.batch, "steps": args.steps}
     for name, strategy, world in (("single", "none", 1), ("ddp", "ddp", 2), ("fsdp2", "fsdp", 2)):
         results[name] = run(strategy, world, args)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,31 +26,27 @@ import torch
 def fsdp_checks(device: torch.device, small: bool, results: dict, save) -> None:
     import torch.distributed as dist
 
-    from countclip.data.loader import TrainingSet
+    from countclip.data.batches import TrainingStream
     from countclip.distributed import shard_model
     from countclip.model import ModelConfig, create_model
     from countclip.train import LossConfig, OptimConfig, TrainConfig, train
-    from countclip.world.scenes import caption, render, sample_scene
+    from countclip.world.files import write_clean_dataset
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29561")
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
     arch, size = ("countclip-tiny", 64) if small else ("ViT-B-32", 224)
     batch, steps = (16, 4) if small else (256, 14)
-    rng = np.random.default_rng(0)
-    n = batch * 4
-    scenes = [sample_scene(rng, int(rng.integers(2, 11))) for _ in range(n)]
-    counting = rng.random(n) < 0.5
-    data = TrainingSet(np.stack([render(s, size) for s in scenes]),
-                       [caption(s, rng, with_count=bool(c)) for s, c in zip(scenes, counting)],
-                       np.where(counting, [s.count for s in scenes], 0))
+    dataset = os.path.join(tempfile.mkdtemp(prefix="gpu-checks-"), "dataset")
+    write_clean_dataset(dataset, seed=0, rows=batch * 4, image_size=size, counting_share=0.5)
     cfg = TrainConfig(steps=steps, batch_size=batch, counting_fraction=0.5, log_every=1, seed=0,
                       optim=OptimConfig(lr=1e-5, warmup_steps=2), loss=LossConfig(count_lambda=1.0))
     runs = {}
     for name, strategy, mixed in [("none", "none", False), ("fsdp_fp32", "fsdp", False),
                                   ("fsdp_bf16", "fsdp", True), ("ddp", "ddp", False)]:
         torch.manual_seed(0)
-        model, _, tokenizer = create_model(ModelConfig(arch=arch), device)
+        model, preprocess, tokenizer = create_model(ModelConfig(arch=arch), device)
         model = shard_model(model, strategy, device, mixed_precision=mixed)
+        data = TrainingStream.for_training(dataset, cfg, preprocess)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             torch.cuda.synchronize(device)

@@ -1,15 +1,24 @@
-"""Images in: the one place that opens, checks and decodes image bytes or files, and normalises pixels.
+"""Images in: the one place that opens, checks and decodes image bytes or files, and preprocesses them.
 
 Every image the system reads (a fetched download, a shard row, a benchmark file, a file or request
 given to a served model) goes through ``decode_image``: its format is read from the magic bytes, the
 pixel count is checked on the header before anything is decoded (a 140 KB PNG can hold 144 megapixels),
 EXIF orientation is applied and the result is RGB. Failures are ``ImageError`` with a machine-readable
 ``reason`` (empty, not_an_image, too_many_pixels, corrupt_image), never PIL's own exception types.
+
+``ImagePreprocess`` is the model's own preprocessing (open_clip's transform for its preprocess config:
+aspect-preserving resize and centre crop, or RandomResizedCrop for training), split in two: the
+geometry on PIL images (``to_pixels``: uint8, run where images are decoded, e.g. a Ray Data stage),
+and ``normalize`` on uint8 batches (run where the batch is used, e.g. on the GPU after the copy).
+Training, evaluation and the predictor all use it; ``preprocess(image)`` equals open_clip's
+``preprocess(image)`` bit for bit.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -104,12 +113,82 @@ def open_image(item, max_pixels: int = MAX_PIXELS) -> Image.Image:
 
 
 def normalize(pixels: np.ndarray | torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float32 model input, standardised with mean/std in [0, 1] units."""
-    pixels = torch.as_tensor(np.ascontiguousarray(pixels) if isinstance(pixels, np.ndarray) else pixels)
-    pixels = pixels.permute(0, 3, 1, 2).float()
-    mean_t = torch.tensor(mean).view(1, 3, 1, 1) * 255
-    std_t = torch.tensor(std).view(1, 3, 1, 1) * 255
+    """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float32, standardised with mean/std in [0, 1] units.
+
+    The arithmetic of torchvision's ToTensor + Normalize (x / 255, then (x - mean) / std), so a batch
+    normalised here equals open_clip's preprocess of the same pixels exactly.
+    """
+    if isinstance(pixels, np.ndarray):
+        pixels = torch.from_numpy(np.ascontiguousarray(pixels) if pixels.flags.writeable else pixels.copy())
+    pixels = pixels.permute(0, 3, 1, 2).float().div(255)
+    mean_t = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
     return (pixels - mean_t) / std_t
 
 
-__all__ = ["MAX_PIXELS", "ImageError", "decode_image", "normalize", "open_image", "read_image_file", "sniff_format"]
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """A model's preprocessing: geometry (uint8 pixels out) and normalisation, as open_clip defines them.
+
+    ``config`` is open_clip's preprocess config of the model (size, mean, std, interpolation,
+    resize_mode, fill_color); ``train_scale`` set to (low, high) makes the geometry open_clip's train
+    transform, RandomResizedCrop with that scale range, drawn from ``seed`` given per image.
+    """
+
+    config: dict = field(hash=False)
+    train_scale: tuple[float, float] | None = None
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, train_scale: tuple[float, float] | None = None) -> ImagePreprocess:
+        import open_clip
+
+        return cls(dict(open_clip.get_model_preprocess_cfg(model)), train_scale)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        size = self.config["size"]
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.config["mean"])
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.config["std"])
+
+    @cached_property
+    def _geometry(self):
+        """open_clip's transform without its ToTensor and Normalize: PIL in, PIL out."""
+        from open_clip.transform import MaybeToTensor, PreprocessCfg, image_transform_v2
+        from torchvision.transforms import Compose, Normalize
+
+        known = {k: v for k, v in self.config.items() if k in PreprocessCfg.__dataclass_fields__}
+        aug = {"scale": tuple(self.train_scale)} if self.train_scale else None
+        transform = image_transform_v2(PreprocessCfg(**known), is_train=self.train_scale is not None, aug_cfg=aug)
+        *geometry, to_tensor, normalise = transform.transforms
+        if not (isinstance(to_tensor, MaybeToTensor) and isinstance(normalise, Normalize)):
+            raise RuntimeError(f"unexpected open_clip transform layout: {transform}")
+        return Compose(geometry)
+
+    def to_pixels(self, image: Image.Image, seed: int | None = None) -> np.ndarray:
+        """(H, W, 3) uint8 RGB at the model's size; ``seed`` fixes a training crop."""
+        if self.train_scale is None or seed is None:
+            out = self._geometry(image)
+        else:
+            with torch.random.fork_rng(devices=[]):  # RandomResizedCrop draws from torch's global RNG
+                torch.manual_seed(seed)
+                out = self._geometry(image)
+        return np.array(out.convert("RGB"))
+
+    def normalize(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 model input."""
+        return normalize(pixels, self.mean, self.std)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """(3, H, W) float32 model input of one image (what open_clip's preprocess returns)."""
+        return self.normalize(self.to_pixels(image)[None])[0]
+
+
+__all__ = ["MAX_PIXELS", "ImageError", "ImagePreprocess", "decode_image", "normalize", "open_image", "read_image_file",
+           "sniff_format"]

@@ -23,6 +23,7 @@ from torch import nn
 
 from countclip import storage
 from countclip.config import ConfigBase, ConfigError, require
+from countclip.images import ImagePreprocess
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
@@ -104,20 +105,20 @@ def resolve_pretrained(arch: str, pretrained: str | None) -> str | None:
 
 
 def create_model(cfg: ModelConfig, device: str | torch.device = "cpu"):
-    """(model, image preprocess for evaluation, tokenizer), with clear errors for bad names or files."""
+    """(model, its ImagePreprocess (evaluation geometry), tokenizer), with clear errors for bad names or files."""
     import open_clip
 
     check_architecture(cfg.arch)
     pretrained = resolve_pretrained(cfg.arch, cfg.pretrained)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
+        model = open_clip.create_model(
             cfg.arch, pretrained=pretrained, precision=cfg.precision, device=device, nonscalar_logit_scale=True
         )
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, KeyError, ValueError) as exc:
         if pretrained and Path(pretrained).is_file():
             raise ValueError(f"checkpoint {cfg.pretrained} is corrupt or not a {cfg.arch} checkpoint: {exc}") from None
         raise
-    return model, preprocess, open_clip.get_tokenizer(cfg.arch)
+    return model, ImagePreprocess.from_model(model), open_clip.get_tokenizer(cfg.arch)
 
 
 def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -19,8 +19,9 @@ from torch import nn
 
 from countclip import checkpoint
 from countclip.config import ConfigBase, require
-from countclip.data.loader import BatchBuilder, MixedBatchSampler, TrainingSet, count_only_negatives
-from countclip.distributed import mean_across_ranks, rank, world_size
+from countclip.data.batches import BatchBuilder, TrainingStream, count_only_negatives
+from countclip.data.ingest import IngestConfig
+from countclip.distributed import mean_across_ranks, world_size
 from countclip.losses import CountingContrastiveLoss, LambdaScheme, count_weights
 
 LN_100 = math.log(100)  # CLIP clamps the logit scale at 100 to keep training stable
@@ -76,7 +77,10 @@ class TrainConfig(ConfigBase):
     batch_size: int = 64
     """Global batch size (all ranks together)."""
     counting_fraction: float | None = 0.25
-    """Share of each batch that is counting rows; null samples all rows alike (pretraining)."""
+    """Share of each batch that is counting rows (exactly round(batch_size * counting_fraction) per
+    batch, the same share on every rank); null samples all rows alike as plain rows (pretraining)."""
+    data: IngestConfig = field(default_factory=IngestConfig)
+    """How the dataset is streamed in (decode tasks, prefetch, shuffle window, augmentation)."""
     seed: int = 0
     """Seeds model init order, batch order and counterfactual draws."""
     log_every: int = 25
@@ -97,6 +101,9 @@ class TrainConfig(ConfigBase):
             require(0 <= self.counting_fraction <= 1, f"counting_fraction must be in [0, 1], got {self.counting_fraction}")
             require(self.counting_fraction > 0 or self.loss.count_lambda == 0,
                     "counting_fraction is 0 but loss.count_lambda > 0: L_count would see no counting rows")
+        else:
+            require(self.loss.count_lambda == 0,
+                    "counting_fraction is null (all rows plain) but loss.count_lambda > 0: set a counting_fraction")
         require(self.log_every > 0, f"log_every must be positive, got {self.log_every}")
         require(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
 
@@ -135,7 +142,7 @@ def train(
     cfg: TrainConfig,
     model: nn.Module,
     tokenizer,
-    data: TrainingSet,
+    data: TrainingStream,
     *,
     log: Callable[[int, dict[str, float]], None] | None = None,
     on_checkpoint: Callable[[Path, int, list[dict[str, float]]], None] | None = None,
@@ -143,7 +150,7 @@ def train(
     checkpoint_root: str | Path | None = None,
     resume_from: str | Path | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place for ``cfg.steps`` steps on ``data``.
+    """Train ``model`` in place for ``cfg.steps`` steps on ``data`` (this rank's stream of the dataset).
 
     Checkpoints go under ``checkpoint_root`` (default cfg.checkpoint_dir) every cfg.checkpoint_every
     steps and at the end; ``on_checkpoint(folder, step, rows)`` then receives the metric rows logged
@@ -151,15 +158,18 @@ def train(
     exactly once even across a crash and resume. The run resumes from ``resume_from``, else from the
     newest complete checkpoint under the root.
     """
+    if (data.batch_size, data.counting_fraction, data.seed) != (cfg.batch_size, cfg.counting_fraction, cfg.seed):
+        raise ValueError("the training stream was opened for another batch size, counting fraction or seed than "
+                         "the training config's (open it with TrainingStream.for_training)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
-    weights = count_weights(data.histogram(), cfg.loss.lambda_scheme) if data.is_counting.any() else None
+    histogram = data.histogram()
+    weights = count_weights(histogram, cfg.loss.lambda_scheme) if any(histogram.values()) else None
     loss_fn = CountingContrastiveLoss(cfg.loss.count_lambda, weights).to(device)
-    sampler = MixedBatchSampler(data.counts, cfg.batch_size, cfg.counting_fraction, cfg.seed)
-    builder = BatchBuilder(tokenizer, cfg.loss.counterfactuals, cfg.seed)
+    builder = BatchBuilder(tokenizer, data.preprocess, cfg.loss.counterfactuals, cfg.seed)
 
     root = checkpoint_root or cfg.checkpoint_dir
     if resume_from is None and root:
@@ -169,10 +179,8 @@ def train(
     history, negatives, unpublished = [], [], []
     model.train()
     tic, seen = time.perf_counter(), 0
-    for step in range(start, cfg.steps):
-        rows = sampler.indices(step, rank(), world_size())
-        captions = [data.captions[i] for i in rows]
-        batch = builder(data.images[rows], captions, data.counts[rows], rows, step).to(device)
+    for step, rows in zip(range(start, cfg.steps), data.steps(start, cfg.steps)):
+        batch = builder(rows, step, device)
 
         # One forward for true and counterfactual captions: FSDP only hooks the module's forward.
         n_cf = batch.cf_tokens.shape[0] * batch.cf_tokens.shape[1]
@@ -195,7 +203,7 @@ def train(
         scheduler.step()
         with torch.no_grad():
             _clamp_logit_scale(model)
-        seen += len(rows) * world_size()
+        seen += len(rows.captions) * world_size()
 
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
@@ -210,7 +218,7 @@ def train(
                 "cf_captions": float(n_cf),
             }
             seen = 0
-            negatives.append(count_only_negatives(captions, data.counts[rows]))
+            negatives.append(count_only_negatives(rows.captions, rows.counts))
             history.append({"step": done, **row})
             unpublished.append(history[-1])
             if log:

@@ -1,22 +1,31 @@
+"""countclip.train: the loop's named loss terms, the control, resume, the schedule."""
+
 import shutil
 
 import pytest
 import torch
 
 from countclip import checkpoint
+from countclip.data.batches import TrainingStream
 from countclip.model import ModelConfig, create_model
 from countclip.train import LossConfig, OptimConfig, TrainConfig, build_scheduler, train
-from countclip.world.sets import training_set
+from countclip.world.files import write_clean_dataset
 
 
 @pytest.fixture(scope="module")
-def small_set():
-    return training_set(seed=11, n=96, image_size=64, counting_share=0.4)
+def small_dataset(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("small") / "dataset")
+    write_clean_dataset(out, seed=11, rows=96, image_size=64, counting_share=0.4)
+    return out
 
 
 def fresh_model():
     torch.manual_seed(0)
     return create_model(ModelConfig(arch="countclip-tiny"))
+
+
+def stream(dataset, cfg, preprocess):
+    return TrainingStream.for_training(dataset, cfg, preprocess)
 
 
 def config(**changes):
@@ -25,11 +34,11 @@ def config(**changes):
     return base.replace(**changes)
 
 
-def test_loss_terms_are_logged_and_training_reduces_the_loss(small_set):
-    model, _, tokenizer = fresh_model()
+def test_loss_terms_are_logged_and_training_reduces_the_loss(small_dataset):
+    model, preprocess, tokenizer = fresh_model()
     rows = []
-    result = train(config(steps=12, optim=OptimConfig(lr=2e-3, warmup_steps=1)), model, tokenizer, small_set,
-                   log=lambda step, row: rows.append((step, row)))
+    cfg = config(steps=12, optim=OptimConfig(lr=2e-3, warmup_steps=1))
+    result = train(cfg, model, tokenizer, stream(small_dataset, cfg, preprocess), log=lambda step, row: rows.append((step, row)))
     assert [s for s, _ in rows] == list(range(1, 13))
     assert {"clip_loss", "count_loss", "loss", "lr", "samples_per_s", "logit_scale"} <= set(rows[0][1])
     first, last = rows[0][1], rows[-1][1]
@@ -38,26 +47,35 @@ def test_loss_terms_are_logged_and_training_reduces_the_loss(small_set):
     assert result.steps == 12 and result.count_only_negatives >= 0
 
 
-def test_control_has_no_counting_term(small_set):
-    model, _, tokenizer = fresh_model()
-    result = train(config(steps=2, loss=LossConfig(count_lambda=0.0)), model, tokenizer, small_set)
+def test_control_has_no_counting_term(small_dataset):
+    model, preprocess, tokenizer = fresh_model()
+    cfg = config(steps=2, loss=LossConfig(count_lambda=0.0))
+    result = train(cfg, model, tokenizer, stream(small_dataset, cfg, preprocess))
     assert "count_loss" not in result.history[-1]
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(small_set, tmp_path):
-    model_a, _, tokenizer = fresh_model()
-    train(config(), model_a, tokenizer, small_set)
+def test_a_stream_for_another_config_is_refused(small_dataset):
+    model, preprocess, tokenizer = fresh_model()
+    with pytest.raises(ValueError, match="opened for another batch size"):
+        train(config(), model, tokenizer, stream(small_dataset, config(batch_size=20), preprocess))
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(small_dataset, tmp_path):
+    """The resumed run continues the stream at the checkpointed step: the same rows, the same model."""
+    model_a, preprocess, tokenizer = fresh_model()
+    train(config(), model_a, tokenizer, stream(small_dataset, config(), preprocess))
 
     model_b, _, _ = fresh_model()
     run_dir = tmp_path / "ckpt"
-    train(config(checkpoint_dir=str(run_dir), checkpoint_every=3), model_b, tokenizer, small_set)
+    cfg = config(checkpoint_dir=str(run_dir), checkpoint_every=3)
+    train(cfg, model_b, tokenizer, stream(small_dataset, cfg, preprocess))
     assert checkpoint.latest(run_dir).name == "step_00000006"
     shutil.rmtree(run_dir / "step_00000006")  # the crash: the last save never happened
     (run_dir / "step_00000006").mkdir()  # ...and a half-written folder without its marker is left
     assert checkpoint.latest(run_dir).name == "step_00000003"
 
     model_c, _, _ = fresh_model()
-    resumed = train(config(checkpoint_dir=str(run_dir), checkpoint_every=3), model_c, tokenizer, small_set)
+    resumed = train(cfg, model_c, tokenizer, stream(small_dataset, cfg, preprocess))
     assert resumed.steps == 3 and [r["step"] for r in resumed.history] == [4, 5, 6]
     for (name, a), (_, c) in zip(model_a.state_dict().items(), model_c.state_dict().items()):
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6, msg=name)

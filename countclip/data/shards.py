@@ -1,6 +1,9 @@
 """Balance the verified rows and write the training shards with their manifest.
 
-Shards are parquet files holding the encoded image bytes beside the text columns. Parquet rather than
+Shards are parquet files holding the encoded image bytes beside the text columns, one kind of row per
+shard (``shards/counting-NNNNN.parquet``, ``shards/non_counting-NNNNN.parquet``) in row groups of
+``row_group_rows``: the training ingest (``countclip.data.ingest``) streams each kind on its own and
+reads one row group per task. Parquet rather than
 WebDataset tar: Ray Data and pyarrow read it natively on local disks and s3://, a reader can project
 the few columns it needs (captions and counts without the image bytes for balancing or statistics),
 row groups split work across readers, and the schema is typed and checked.
@@ -30,7 +33,8 @@ from countclip.losses import count_weights
 from countclip.numbers import COUNTS
 
 MANIFEST = "manifest.json"
-FORMAT = "countclip-shards/1"
+FORMAT = "countclip-shards/2"
+KINDS = ("counting", "non_counting")
 SHARD_SCHEMA = pa.schema([
     ("sample_id", pa.string()), ("url", pa.string()), ("caption", pa.string()), ("caption_count", pa.int16()),
     ("noun", pa.string()), ("kind", pa.string()), ("detected_count", pa.int64()), ("image", pa.binary()),
@@ -43,6 +47,8 @@ SHARD_COLUMNS = SHARD_SCHEMA.names
 class ShardConfig(ConfigBase):
     rows_per_shard: int = 2000
     """Rows per parquet shard."""
+    row_group_rows: int = 256
+    """Rows per parquet row group: the unit one training-ingest task reads and decodes."""
     max_per_count: int | None = None
     """Keep at most this many verified rows per count 2..10 (null: no cap)."""
     balance_to_min: float | None = None
@@ -54,6 +60,7 @@ class ShardConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         require(self.rows_per_shard > 0, f"shards.rows_per_shard must be positive, got {self.rows_per_shard}")
+        require(self.row_group_rows > 0, f"shards.row_group_rows must be positive, got {self.row_group_rows}")
         require(self.max_per_count is None or self.max_per_count > 0, "shards.max_per_count must be positive or null")
         require(self.balance_to_min is None or self.balance_to_min >= 1, "shards.balance_to_min must be >= 1 or null")
         require(self.non_counting_ratio >= 0, f"shards.non_counting_ratio must be >= 0, got {self.non_counting_ratio}")
@@ -114,14 +121,18 @@ def _write_s3(prefix: str, rows: pa.Table, manifest: dict, cfg: ShardConfig, sum
 
 def _write_shards(root: str, rows: pa.Table, manifest: dict, cfg: ShardConfig, summary) -> dict:
     shards = []
-    for index, start in enumerate(range(0, rows.num_rows, cfg.rows_per_shard)):
-        part = rows.slice(start, cfg.rows_per_shard)
-        buffer = io.BytesIO()
-        pq.write_table(part, buffer, compression="zstd")
-        data = buffer.getvalue()
-        path = f"shards/shard-{index:05d}.parquet"
-        storage.write_bytes(f"{root}/{path}", data)
-        shards.append({"path": path, "rows": part.num_rows, "sha256": hashlib.sha256(data).hexdigest()})
+    for kind in KINDS:
+        of_kind = rows.filter(pc.equal(rows.column("kind"), kind))
+        for index, start in enumerate(range(0, of_kind.num_rows, cfg.rows_per_shard)):
+            part = of_kind.slice(start, cfg.rows_per_shard)
+            buffer = io.BytesIO()
+            pq.write_table(part, buffer, compression="zstd", row_group_size=cfg.row_group_rows)
+            data = buffer.getvalue()
+            path = f"shards/{kind}-{index:05d}.parquet"
+            storage.write_bytes(f"{root}/{path}", data)
+            groups = [min(cfg.row_group_rows, part.num_rows - g) for g in range(0, part.num_rows, cfg.row_group_rows)]
+            shards.append({"path": path, "kind": kind, "rows": part.num_rows, "row_groups": groups,
+                           "sha256": hashlib.sha256(data).hexdigest()})
     counts = rows.column("caption_count").to_numpy(zero_copy_only=False)
     counting = np.asarray(pc.equal(rows.column("kind"), "counting"))
     per_count = {str(c): int(((counts == c) & counting).sum()) for c in COUNTS}
@@ -151,6 +162,9 @@ def read_manifest(dataset: str) -> dict:
         raise FileNotFoundError(
             f"{dataset} is not a complete countclip dataset: {MANIFEST} is missing "
             "(the build never finished, or the path is wrong)") from None
+    if manifest.get("format") == "countclip-shards/1":
+        raise ValueError(f"{dataset} was written by an older countclip (countclip-shards/1: kinds mixed in one "
+                         "shard); rebuild it with `countclip build-dataset` to stream it into training")
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{uri} is not a {FORMAT} manifest (format={manifest.get('format')!r})")
     return manifest

@@ -28,8 +28,7 @@ from countclip.evaluate import (
     save_confusion_png,
     zeroshot_imagefolder,
 )
-from countclip.images import normalize
-from countclip.model import ModelConfig, create_model, image_size, preprocess_config
+from countclip.model import ModelConfig, create_model, image_size
 from countclip.numbers import parse_caption
 from countclip.tracking import TrackingConfig
 from countclip.world.files import png_bytes
@@ -145,8 +144,7 @@ def run_evaluation(cfg: EvalJobConfig, echo=print) -> dict:
     zeroshot = {}
     if cfg.countworld_zeroshot:
         images, labels = zeroshot_set(seed=12345, n=400, image_size=image_size(model), same_size=True)
-        stats = preprocess_config(model)
-        inputs = normalize(images, stats["mean"], stats["std"])
+        inputs = preprocess.normalize(images)
         zeroshot |= {f"countworld_{k}": v for k, v in zeroshot_by_task(model, tokenizer, inputs, labels, "cpu").items()}
     for folder in cfg.zeroshot_folders:
         zeroshot[f"folder_{Path(folder).name}"] = zeroshot_imagefolder(model, tokenizer, preprocess, folder)["accuracy"]

@@ -21,14 +21,15 @@ import torch
 
 from countclip import storage
 from countclip.config import ConfigBase, require
-from countclip.data.loader import TrainingSet, load_training_set
+from countclip.data.batches import TrainingStream
+from countclip.data.shards import read_manifest
 from countclip.evaluate import evaluate_countbench, save_confusion_png
-from countclip.images import normalize
-from countclip.model import ModelConfig, create_model, export_checkpoint, preprocess_config
+from countclip.images import ImagePreprocess
+from countclip.model import ModelConfig, create_model, export_checkpoint
 from countclip.train import LossConfig, OptimConfig, TrainConfig, train
-from countclip.world.files import write_benchmark
+from countclip.world.files import write_benchmark, write_clean_dataset
 from countclip.world.scenes import CaptionStyle
-from countclip.world.sets import training_set, zeroshot_by_task, zeroshot_set
+from countclip.world.sets import zeroshot_by_task, zeroshot_set
 
 VARIANTS = ("base", "control", "countclip")
 
@@ -116,15 +117,18 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
     t0 = time.perf_counter()
     w = cfg.world
     echo(f"[world] seed {cfg.seed}: {w.pretrain_images} pretraining, {w.finetune_images} fine-tuning images")
-    pretrain_data = training_set(cfg.seed * 7919 + 1, w.pretrain_images, w.image_size, 0.0, w.style("pretrain"), w.same_size,
-                                       w.grid)
+    # The generated rows go through the same shards and stream as a built dataset does.
+    pretrain_data = str(out / "data" / "pretrain")
+    write_clean_dataset(pretrain_data, cfg.seed * 7919 + 1, w.pretrain_images, w.image_size, 0.0,
+                        style=w.style("pretrain"), same_size=w.same_size, grid=w.grid)
     if w.finetune_dataset:
-        finetune_data = load_training_set(w.finetune_dataset, w.image_size)
-        echo(f"[world] fine-tuning on {len(finetune_data)} rows of {w.finetune_dataset} "
-             f"({int(finetune_data.is_counting.sum())} counting)")
+        finetune_data = w.finetune_dataset
+        written = read_manifest(finetune_data)["written"]
+        echo(f"[world] fine-tuning on {sum(written.values())} rows of {finetune_data} ({written['counting']} counting)")
     else:
-        finetune_data = training_set(cfg.seed * 7919 + 2, w.finetune_images, w.image_size, w.counting_share,
-                                           w.style("finetune"), w.same_size, w.grid)
+        finetune_data = str(out / "data" / "finetune")
+        write_clean_dataset(finetune_data, cfg.seed * 7919 + 2, w.finetune_images, w.image_size, w.counting_share,
+                            style=w.style("finetune"), same_size=w.same_size, grid=w.grid)
     bench_file = write_benchmark(out / "benchmark", seed=cfg.seed * 7919 + 3, per_count=w.benchmark_per_count,
                                  image_size=w.image_size, same_size=w.same_size, grid=w.grid)
     zs_images, zs_labels = zeroshot_set(cfg.seed * 7919 + 4, w.zeroshot_images, w.image_size, w.same_size, w.grid)
@@ -133,9 +137,8 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
     torch.manual_seed(cfg.seed)
     device = cfg.device
     model, preprocess, tokenizer = create_model(cfg.model, device)
-    stats = preprocess_config(model)
-    zs_inputs = normalize(zs_images, stats["mean"], stats["std"])
-    _train_stage("pretrain", cfg.pretrain.replace(seed=cfg.seed), model, tokenizer, pretrain_data, echo, device)
+    zs_inputs = preprocess.normalize(zs_images)
+    _train_stage("pretrain", cfg.pretrain.replace(seed=cfg.seed), model, tokenizer, preprocess, pretrain_data, echo, device)
     base_path = out / "checkpoints" / "base.pt"
     export_checkpoint(model, base_path)
 
@@ -146,7 +149,7 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
             ft = cfg.finetune.replace(seed=cfg.seed)
             if name == "control":
                 ft = ft.replace(loss=ft.loss.replace(count_lambda=0.0))
-            result = _train_stage(name, ft, model, tokenizer, finetune_data, echo, device)
+            result = _train_stage(name, ft, model, tokenizer, preprocess, finetune_data, echo, device)
             export_checkpoint(model, out / "checkpoints" / f"{name}.pt")
         report = evaluate_countbench(model, tokenizer, preprocess, bench_file, device=device)
         zs_tasks = zeroshot_by_task(model, tokenizer, zs_inputs, zs_labels, device)
@@ -170,12 +173,15 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
     return report
 
 
-def _train_stage(name: str, cfg: TrainConfig, model, tokenizer, data: TrainingSet, echo, device="cpu"):
+def _train_stage(name: str, cfg: TrainConfig, model, tokenizer, preprocess: ImagePreprocess, dataset: str, echo,
+                 device="cpu"):
     def log(step: int, row: dict[str, float]) -> None:
         terms = " ".join(f"{k}={row[k]:.3f}" for k in ("clip_loss", "count_loss") if k in row)
         echo(f"[{name}] step {step}/{cfg.steps} {terms} {row['samples_per_s']:.0f} samples/s")
 
     tic = time.perf_counter()
+    scale = cfg.data.train_crop_scale
+    data = TrainingStream.for_training(dataset, cfg, ImagePreprocess(preprocess.config, tuple(scale) if scale else None))
     result = train(cfg, model, tokenizer, data, log=log, device=device)
     echo(f"[{name}] done in {time.perf_counter() - tic:.0f}s")
     return result

@@ -1,9 +1,17 @@
 """Ray Train wiring: the training job as a TorchTrainer around ``countclip.train.train``.
 
-The driver checks everything that can be checked before a worker starts (dataset, architecture,
-benchmark, storage, MLflow), opens the MLflow run, and starts ``worker_main`` on N workers. Each
-worker builds the model, shards it (``distributed.shard_model``), loads the dataset and runs the one
-training loop. Checkpoints are DCP folders reported to Ray Train (every rank reports its shards; Ray
+The driver checks everything that can be checked before a worker starts (dataset and its batch mix,
+architecture, benchmark, storage, MLflow, room on the cluster for the ingest), opens the MLflow run,
+and starts ``worker_main`` on N workers. Each worker builds the model, shards it
+(``distributed.shard_model``), opens its stream of the dataset (``data.batches.TrainingStream``: Ray
+Data decode tasks on the cluster's CPUs feeding this rank; its own rows, memory bounded by the
+prefetch) and runs the one training loop.
+
+Why each worker builds its own Ray Dataset rather than receiving a ``streaming_split`` shard through
+``TorchTrainer(datasets=...)``: streaming_split hands blocks to whichever worker asks first, and a
+DataIterator cannot resume mid-epoch, so neither the rows a rank sees nor what a restarted group sees
+would be reproducible. A per-rank plan over the manifest makes both a function of (seed, rank, world
+size, step). Checkpoints are DCP folders reported to Ray Train (every rank reports its shards; Ray
 merges them in ``storage_path``); after a worker dies, Ray restarts the group and the loop resumes
 from the newest checkpoint. Metrics reach MLflow only together with a checkpoint, so a resumed run
 logs every step exactly once.
@@ -28,19 +36,13 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from countclip import checkpoint, storage, tracking
 from countclip.config import ConfigBase, require
-from countclip.data.loader import load_training_set
+from countclip.data.batches import TrainingStream, check_mix
 from countclip.data.shards import read_manifest
 from countclip.distributed import gather_objects, shard_model
 from countclip.environment import configure_environment, ray_init_args
 from countclip.evaluate import evaluate_countbench, load_countbench
-from countclip.model import (
-    ModelConfig,
-    check_architecture,
-    create_model,
-    export_checkpoint,
-    image_size,
-    resolve_pretrained,
-)
+from countclip.images import ImagePreprocess
+from countclip.model import ModelConfig, check_architecture, create_model, export_checkpoint, resolve_pretrained
 from countclip.tracking import TrackingConfig
 from countclip.train import TrainConfig, train
 
@@ -99,9 +101,7 @@ def preflight(cfg: TrainJobConfig) -> dict:
     manifest = read_manifest(cfg.dataset)
     if manifest["rows_written"] == 0 or not manifest["shards"]:
         raise ValueError(f"dataset {cfg.dataset} is empty: its manifest lists no rows")
-    counting = manifest["written"]["counting"]
-    if cfg.train.counting_fraction and counting == 0:
-        raise ValueError(f"dataset {cfg.dataset} has no counting rows but train.counting_fraction > 0")
+    check_mix(manifest, cfg.dataset, cfg.train.batch_size, cfg.train.counting_fraction, cfg.scaling.num_workers)
     check_architecture(cfg.model.arch)
     resolve_pretrained(cfg.model.arch, cfg.model.pretrained)
     if cfg.benchmark:
@@ -120,6 +120,17 @@ def _check_writable(uri: str) -> None:
     storage.delete(probe)
 
 
+def check_capacity(cfg: TrainJobConfig, cluster_cpus: float) -> None:
+    """The workers hold their CPUs for the whole job and the ingest's decode tasks need theirs: a
+    cluster left without room for one decode task would wait forever, so refuse it up front."""
+    reserved = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    if cluster_cpus - reserved < cfg.train.data.decode_cpus - 1e-9:
+        raise ValueError(
+            f"the {cfg.scaling.num_workers} training workers reserve {reserved:g} of the cluster's {cluster_cpus:g} CPUs, "
+            f"leaving less than the {cfg.train.data.decode_cpus:g} CPU one ingest decode task needs; lower "
+            "scaling.cpus_per_worker or train.data.decode_cpus, or add CPUs")
+
+
 def run_training(cfg: TrainJobConfig, echo=print) -> dict:
     """Preflight, train on Ray, export the final model; return a summary."""
     tracking.quiet_mlflow()
@@ -128,6 +139,7 @@ def run_training(cfg: TrainJobConfig, echo=print) -> dict:
                                 {"config.yaml": cfg.to_yaml(), "dataset_manifest.json": _manifest_summary(manifest)})
     if not ray.is_initialized():
         ray.init(**ray_init_args(None, None))
+    check_capacity(cfg, ray.cluster_resources().get("CPU", 0.0))
     storage_path = cfg.storage_path if storage.is_s3(cfg.storage_path) else str(Path(cfg.storage_path).resolve())
     filesystem = storage.arrow_filesystem(storage_path)[0] if storage.is_s3(storage_path) else None
     trainer = TorchTrainer(
@@ -194,7 +206,12 @@ def worker_main(config: dict) -> None:
     model, preprocess, tokenizer = create_model(cfg.model, device)
     model = shard_model(model, cfg.scaling.strategy, device, mixed_precision=cfg.scaling.mixed_precision,
                         activation_checkpointing=cfg.scaling.activation_checkpointing)
-    data = load_training_set(cfg.dataset, image_size(model))
+    scale = cfg.train.data.train_crop_scale
+    # This rank's stream of the dataset: decode tasks on the cluster's CPUs, the plan a function of
+    # (seed, rank, world size), so a restarted group continues with exactly the rows it would have seen.
+    train_preprocess = ImagePreprocess(preprocess.config, tuple(scale) if scale else None)
+    data = TrainingStream.for_training(cfg.dataset, cfg.train, train_preprocess, rank=rank,
+                                       world_size=context.get_world_size(), backend="ray")
 
     # Rows are published with their checkpoint. A worker can die after rank 0 published but before
     # the checkpoint was registered; the group then trains those steps again (with the same results,

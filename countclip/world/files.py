@@ -14,13 +14,23 @@ from PIL import Image
 from countclip import storage
 from countclip.data.shards import SHARD_SCHEMA, ShardConfig, write_dataset
 from countclip.numbers import COUNTS, caption_variants
-from countclip.world.scenes import caption, render, sample_scene
+from countclip.world.scenes import CaptionStyle, caption, render, sample_scene
 from countclip.world.sets import sample_rows
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
+    return encode(pixels, "png")
+
+
+def encode(pixels: np.ndarray, image_format: str = "png") -> bytes:
+    """(H, W, 3) uint8 -> PNG bytes, or JPEG at quality 90."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    if image_format == "png":
+        Image.fromarray(pixels).save(buffer, format="PNG")
+    elif image_format == "jpeg":
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    else:
+        raise ValueError(f"image_format must be png or jpeg, got {image_format!r}")
     return buffer.getvalue()
 
 
@@ -110,15 +120,18 @@ def write_source(folder: str | Path, seed: int, rows: int, image_size: int = 128
 
 
 def write_clean_dataset(output: str, seed: int, rows: int, image_size: int = 64, counting_share: float = 0.4,
-                        rows_per_shard: int = 2000) -> dict:
+                        rows_per_shard: int = 2000, *, style: CaptionStyle | None = None, same_size: bool = True,
+                        grid: int | None = None, image_format: str = "png") -> dict:
     """A training dataset straight from CountWorld's ground truth (no fetch, no verification): the
-    same shards and manifest the build writes, for tests and quick training runs."""
+    same shards and manifest the build writes, for the experiment, tests and quick training runs.
+    image_format: png (lossless: the pixels rendered) or jpeg (quality 90, as the build's fetch writes)."""
     records = []
-    for i, row in enumerate(sample_rows(seed, rows, counting_share, same_size=True)):
+    for i, row in enumerate(sample_rows(seed, rows, counting_share, style, same_size, grid)):
         records.append({
             "sample_id": f"cw{seed}-{i:07d}", "url": "", "caption": row.caption, "caption_count": row.count,
             "noun": "", "kind": "counting" if row.count else "non_counting", "detected_count": row.scene.count,
-            "image": png_bytes(render(row.scene, image_size)), "image_width": image_size, "image_height": image_size,
+            "image": encode(render(row.scene, image_size), image_format), "image_width": image_size,
+            "image_height": image_size,
         })
     table = pa.Table.from_pylist(records, schema=SHARD_SCHEMA)
     manifest = {"rows_in": rows, "rows_rejected": 0, "rejects": {}, "source": {"countworld_seed": seed}}

@@ -1,7 +1,7 @@
-"""CountWorld rows for training and evaluation: seeded streams of (scene, caption, count), in-memory
-training sets, and the held-out zero-shot set with its per-task classifier accuracy.
+"""CountWorld rows for training and evaluation: seeded streams of (scene, caption, count), and the
+held-out zero-shot set with its per-task classifier accuracy.
 
-Every CountWorld row anywhere (the experiment's training sets, the clean datasets of
+Every CountWorld training row (the experiment's datasets, the clean datasets of
 ``world.files.write_clean_dataset``) comes from ``sample_rows``, so the same seed gives the same rows.
 """
 
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from countclip.data.loader import TrainingSet
 from countclip.evaluate import zeroshot_accuracy
 from countclip.world.scenes import ZEROSHOT_TASKS, CaptionStyle, Scene, caption, render, sample_scene, zeroshot_prompts
 
@@ -36,18 +35,6 @@ def sample_rows(seed: int, n: int, counting_share: float, style: CaptionStyle | 
         scene = sample_scene(rng, int(rng.integers(2, 11) if counting else rng.integers(1, 11)),
                              same_size=same_size, grid=grid)
         yield WorldRow(scene, caption(scene, rng, with_count=counting, style=style), scene.count if counting else 0)
-
-
-def training_set(seed: int, n: int, image_size: int, counting_share: float, style: CaptionStyle | None = None,
-                 same_size: bool = False, grid: int | None = None) -> TrainingSet:
-    """``sample_rows`` rendered into memory at ``image_size``."""
-    images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
-    captions, counts = [], np.zeros(n, dtype=np.int64)
-    for i, row in enumerate(sample_rows(seed, n, counting_share, style, same_size, grid)):
-        images[i] = render(row.scene, image_size)
-        captions.append(row.caption)
-        counts[i] = row.count
-    return TrainingSet(images, captions, counts)
 
 
 def zeroshot_set(seed: int, n: int, image_size: int, same_size: bool = False,

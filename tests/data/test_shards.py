@@ -41,15 +41,23 @@ def test_caps_balance_and_ratio():
 
 def test_written_dataset_is_complete_deterministic_and_atomic(tmp_path):
     rows = staged_rows({2: 5, 4: 7}, non_counting=9)
-    cfg = ShardConfig(rows_per_shard=8)
+    cfg = ShardConfig(rows_per_shard=8, row_group_rows=3)
     manifest = write_dataset(str(tmp_path / "ds"), rows, {"rows_in": 30}, cfg, summary=lambda m: "table")
-    assert [s["rows"] for s in manifest["shards"]] == [8, 8, 5]
+    # One kind per shard, in row groups of 3 (the unit a training-ingest task reads).
+    assert [(s["path"], s["kind"], s["rows"], s["row_groups"]) for s in manifest["shards"]] == [
+        ("shards/counting-00000.parquet", "counting", 8, [3, 3, 2]),
+        ("shards/counting-00001.parquet", "counting", 4, [3, 1]),
+        ("shards/non_counting-00000.parquet", "non_counting", 8, [3, 3, 2]),
+        ("shards/non_counting-00001.parquet", "non_counting", 1, [1])]
+    for shard in manifest["shards"]:
+        meta = pq.ParquetFile(tmp_path / "ds" / shard["path"]).metadata
+        assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == shard["row_groups"]
     assert manifest["per_count_written"]["4"] == 7 and manifest["written"] == {"counting": 12, "non_counting": 9}
     assert set(manifest["lambda_weights"]) == {"constant", "norm", "modal", "log"}
     on_disk = read_manifest(str(tmp_path / "ds"))
     assert on_disk == json.loads(json.dumps(manifest))
     table = pq.read_table(shard_uris(str(tmp_path / "ds"), on_disk))
-    assert table.column("sample_id").to_pylist() == sorted(rows.column("sample_id").to_pylist())
+    assert sorted(table.column("sample_id").to_pylist()) == sorted(rows.column("sample_id").to_pylist())
     assert (tmp_path / "ds" / "summary.txt").read_text() == "table\n"
     second = write_dataset(str(tmp_path / "ds2"), rows.take(np.random.default_rng(0).permutation(21)),
                            {"rows_in": 30}, cfg)
@@ -69,7 +77,10 @@ def test_incomplete_dataset_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a complete countclip dataset"):
         read_manifest(str(tmp_path))
     (tmp_path / "manifest.json").write_text('{"format": "other"}')
-    with pytest.raises(ValueError, match="not a countclip-shards/1 manifest"):
+    with pytest.raises(ValueError, match="not a countclip-shards/2 manifest"):
+        read_manifest(str(tmp_path))
+    (tmp_path / "manifest.json").write_text('{"format": "countclip-shards/1"}')
+    with pytest.raises(ValueError, match="older countclip .* rebuild it"):
         read_manifest(str(tmp_path))
 
 
@@ -79,6 +90,6 @@ def test_s3_output_writes_manifest_last_and_drops_stale_shards(s3):
     write_dataset(prefix, staged_rows({2: 6, 3: 6}, 0), {"rows_in": 12}, cfg)
     assert len(read_manifest(prefix)["shards"]) == 3
     manifest = write_dataset(prefix, staged_rows({2: 3}, 0), {"rows_in": 3}, cfg)
-    assert [s["path"] for s in manifest["shards"]] == ["shards/shard-00000.parquet"]
-    assert storage.list_objects(f"{prefix}/shards") == [f"{prefix}/shards/shard-00000.parquet"]
+    assert [s["path"] for s in manifest["shards"]] == ["shards/counting-00000.parquet"]
+    assert storage.list_objects(f"{prefix}/shards") == [f"{prefix}/shards/counting-00000.parquet"]
     assert read_manifest(prefix)["rows_written"] == 3

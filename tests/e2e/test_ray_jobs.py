@@ -37,7 +37,8 @@ def test_ray_job_submit_trains_on_two_nodes_and_logs_to_an_mlflow_server(dataset
     import mlflow
 
     cfg = job(dataset, tmp_path, f"tracking.uri={mlflow_server['url']}", "tracking.experiment=submitted",
-              "name=submitted", "train.steps=4", "scaling.cpus_per_worker=2")  # a whole node each
+              "name=submitted", "train.steps=4", "scaling.cpus_per_worker=1.5",  # most of a node each
+              "train.data.decode_cpus=0.5")
     (tmp_path / "train.yaml").write_text(cfg.to_yaml())
     proc = ray_job_submit(ray_cluster, "ray_jobs/train.py", tmp_path / "train.yaml", timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from countclip.config import ConfigError
-from countclip.jobs.train import TrainJobConfig, preflight
+from countclip.jobs.train import TrainJobConfig, check_capacity, preflight
 from countclip.world.files import write_clean_dataset
 
 from ..conftest import free_port
@@ -28,7 +28,7 @@ def job(dataset, tmp_path, *overrides):
     base = [f"dataset={dataset}", f"storage_path={tmp_path / 'store'}", f"tracking.uri=sqlite:///{tmp_path / 'ml.db'}",
             "train.steps=6", "train.batch_size=20", "train.counting_fraction=0.4", "train.log_every=1",
             "train.checkpoint_every=2", "train.seed=3", "train.loss.count_lambda=2.0", "scaling.num_workers=2",
-            "name=t"]
+            "scaling.cpus_per_worker=0.5", "train.data.decode_cpus=0.5", "name=t"]
     return TrainJobConfig.load(None, base + list(overrides))
 
 
@@ -51,17 +51,26 @@ def test_preflight_refuses_bad_jobs_before_any_worker(dataset, tmp_path):
         preflight(job(dataset, tmp_path, f"benchmark={tmp_path}/none.json"))
     with pytest.raises(ConfigError, match="must divide by scaling.num_workers"):
         job(dataset, tmp_path, "train.batch_size=21")
+    with pytest.raises(ValueError, match="holds 99 counting rows but each batch needs 100"):
+        preflight(job(dataset, tmp_path, "train.batch_size=200", "train.counting_fraction=0.5"))
+    with pytest.raises(ValueError, match="each batch holds 7 counting rows, which do not split over 2 ranks"):
+        preflight(job(dataset, tmp_path, "train.batch_size=20", "train.counting_fraction=0.35"))
+    with pytest.raises(ValueError, match="leaving less than the 1 CPU one ingest decode task needs"):
+        check_capacity(job(dataset, tmp_path, "scaling.cpus_per_worker=1", "train.data.decode_cpus=1"), 2.0)
+    check_capacity(job(dataset, tmp_path), 2.0)
     assert preflight(job(dataset, tmp_path))["rows_written"] == 240
 
 
 def single_process_losses(cfg: TrainJobConfig):
-    from countclip.data.loader import load_training_set
+    """One process training on the global batches of the job's ranks (every rank's rows at each step)."""
+    from countclip.data.batches import TrainingStream
     from countclip.model import create_model
     from countclip.train import train
 
     torch.manual_seed(cfg.train.seed)
-    model, _, tokenizer = create_model(cfg.model)
-    data = load_training_set(cfg.dataset, 64)
+    model, preprocess, tokenizer = create_model(cfg.model)
+    workers = cfg.scaling.num_workers
+    data = TrainingStream.for_training(cfg.dataset, cfg.train, preprocess, ranks=range(workers), world_size=workers)
     result = train(cfg.train.replace(checkpoint_dir=None), model, tokenizer, data)
     return {row["step"]: row["loss"] for row in result.history}, model
 

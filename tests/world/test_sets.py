@@ -4,7 +4,7 @@ import numpy as np
 
 from countclip.numbers import count_from_caption
 from countclip.world.scenes import ZEROSHOT_TASKS
-from countclip.world.sets import sample_rows, training_set, zeroshot_set
+from countclip.world.sets import sample_rows, zeroshot_set
 
 
 def test_rows_are_reproducible_and_state_their_count():
@@ -16,11 +16,6 @@ def test_rows_are_reproducible_and_state_their_count():
     assert all(count_from_caption(r.caption) is None for r in rows if not r.count)
 
 
-def test_training_set_renders_the_same_rows():
-    data = training_set(seed=4, n=20, image_size=32, counting_share=0.4)
-    rows = list(sample_rows(seed=4, n=20, counting_share=0.4))
-    assert data.images.shape == (20, 32, 32, 3) and data.captions == [r.caption for r in rows]
-    assert data.counts.tolist() == [r.count for r in rows]
 
 
 def test_zeroshot_labels_index_the_task_classes():
