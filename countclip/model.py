@@ -99,6 +99,7 @@ def skeleton(arch: str) -> nn.Module:
 def check_for_training(cfg: ModelConfig, contrastive: str) -> dict[str, list[str]]:
     """ConfigError, before anything trains, when the loss does not fit the model or a LoRA target
     names no module; returns the LoRA targets resolved to module names ({} without LoRA)."""
+    check_architecture(cfg.arch)
     if contrastive == "siglip" and not has_logit_bias(cfg.arch):
         raise ConfigError(f"loss.contrastive siglip needs a model with a logit bias (a SigLIP architecture such as "
                           f"countclip-tiny-sigmoid or ViT-B-16-SigLIP); {cfg.arch} has none: use loss.contrastive=clip")

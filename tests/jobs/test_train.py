@@ -54,6 +54,18 @@ def test_preflight_refuses_bad_jobs_before_any_worker(dataset, tmp_path):
     assert preflight(job(dataset, tmp_path))["rows_written"] == 240
 
 
+def test_preflight_refuses_losses_and_adapters_the_model_or_strategy_cannot_train(dataset, tmp_path):
+    with pytest.raises(ConfigError, match="loss.contrastive siglip needs a model with a logit bias"):
+        preflight(job(dataset, tmp_path, "train.loss.contrastive=siglip"))
+    with pytest.raises(ConfigError, match="'qkv' names no module of this model"):
+        preflight(job(dataset, tmp_path, "model.lora.targets=[qkv]"))
+    with pytest.raises(ConfigError, match="adapt nn.MultiheadAttention .* which FSDP2 cannot shard"):
+        preflight(job(dataset, tmp_path, "model.lora.targets=[attn]"))
+    assert preflight(job(dataset, tmp_path, "model.lora.targets=[attn]", "scaling.strategy=ddp"))
+    assert preflight(job(dataset, tmp_path, "model.lora.rank=4"))  # the default c_fc/c_proj under FSDP2
+    assert preflight(job(dataset, tmp_path, "model.arch=countclip-tiny-sigmoid", "train.loss.contrastive=siglip"))
+
+
 def single_process_losses(cfg: TrainJobConfig):
     from countclip.data.loader import load_training_set
     from countclip.model import create_model
