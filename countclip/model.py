@@ -110,7 +110,7 @@ def preprocess_config(model: nn.Module) -> dict:
     """The model's own image preprocessing: size (h, w), mean, std, interpolation, resize_mode."""
     import open_clip
 
-    return dict(open_clip.get_model_preprocess_cfg(model))
+    return dict(open_clip.get_model_preprocess_cfg(getattr(model, "module", model)))  # DDP keeps it in .module
 
 
 def image_size(model: nn.Module) -> int:
