@@ -38,6 +38,23 @@ def test_loss_terms_are_logged_and_training_reduces_the_loss(small_set):
     assert result.steps == 12 and result.count_only_negatives >= 0
 
 
+def test_siglip_training_logs_its_terms_and_learns_the_logit_bias(small_set):
+    from countclip.config import ConfigError
+
+    torch.manual_seed(0)
+    model, _, tokenizer = create_model(ModelConfig(arch="countclip-tiny-sigmoid"))
+    siglip = LossConfig(count_lambda=2.0, contrastive="siglip")
+    rows = []
+    train(config(steps=12, optim=OptimConfig(lr=2e-3, warmup_steps=1), loss=siglip), model, tokenizer, small_set,
+          log=lambda step, row: rows.append(row))
+    assert {"siglip_loss", "count_loss", "logit_bias"} <= set(rows[0]) and "clip_loss" not in rows[0]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert rows[-1]["logit_bias"] != pytest.approx(-10.0)  # the bias trains with the towers
+    plain, _, _ = fresh_model()
+    with pytest.raises(ConfigError, match="loss.contrastive siglip needs a model with a logit bias"):
+        train(config(steps=1, loss=siglip), plain, tokenizer, small_set)
+
+
 def test_control_has_no_counting_term(small_set):
     model, _, tokenizer = fresh_model()
     result = train(config(steps=2, loss=LossConfig(count_lambda=0.0)), model, tokenizer, small_set)
