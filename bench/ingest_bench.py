@@ -45,7 +45,7 @@ def stream_worker(config: dict) -> None:
     """One Ray Train worker: the real ingest, a step that only consumes the batch."""
     import numpy as np
     import open_clip
-    import ray.train
+    import ray
 
     from countclip.data.batches import BatchBuilder, TrainingStream
     from countclip.environment import configure_environment
@@ -68,10 +68,11 @@ def stream_worker(config: dict) -> None:
         first = first or now
         times.append(now)
     warm = times[10:]
-    ray.train.report({"first_step_s": first - config["start"],
-                      "samples_per_s": (len(warm) - 1) * cfg.batch_size / (warm[-1] - warm[0]),
-                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "mean_pixel": float(np.mean(batch.images.numpy()))})
+    # Train V2 keeps only metrics reported with a checkpoint: the figures go to a file instead.
+    Path(config["out"]).write_text(json.dumps({
+        "first_step_s": first - config["start"], "samples_per_s": (len(warm) - 1) * cfg.batch_size / (warm[-1] - warm[0]),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "mean_pixel": float(np.mean(batch.images.numpy())), "node": ray.get_runtime_context().get_node_id()}))
 
 
 def run_stream(dataset: str, size: int, steps: int, batch: int, decode_cpus: float) -> dict:
@@ -84,14 +85,17 @@ def run_stream(dataset: str, size: int, steps: int, batch: int, decode_cpus: flo
     train = TrainConfig(steps=steps, batch_size=batch, counting_fraction=0.4, seed=0,
                         loss=LossConfig(count_lambda=1.0, counterfactuals=3), data=IngestConfig(decode_cpus=decode_cpus))
     storage = tempfile.mkdtemp(prefix="ingest-bench-ray-")
+    out = Path(storage) / "worker.json"
     trainer = TorchTrainer(
         stream_worker,
-        train_loop_config={"train": train.to_dict(), "dataset": dataset, "size": size, "start": time.time()},
+        train_loop_config={"train": train.to_dict(), "dataset": dataset, "size": size, "start": time.time(),
+                           "out": str(out)},
         scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.05}),
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(name="ingest", storage_path=storage),
     )
-    return dict(trainer.fit().metrics)
+    trainer.fit()
+    return json.loads(out.read_text())
 
 
 OLD_PATH = r'''

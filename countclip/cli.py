@@ -4,6 +4,7 @@
     countclip build-dataset  --config FILE [field.sub=value ...]
     countclip train          --config FILE [field.sub=value ...]
     countclip evaluate       --config FILE [field.sub=value ...]
+    countclip wise-ft        --base B --finetuned F [--alpha 0,0.25,0.5,0.75,1] [--out DIR] [field.sub=value ...]
     countclip config JOB     the job's full default config as YAML, each field's docstring as a comment
     countclip count IMAGE... --noun dogs --model CHECKPOINT|models:/name@alias [--arch countclip-tiny]
     countclip retrieve FOLDER --query "three dogs" --model ... [--top 5]
@@ -24,7 +25,7 @@ from pathlib import Path
 from countclip.config import ConfigError, commented_yaml
 from countclip.environment import configure_environment
 
-JOBS = ("build-dataset", "train", "evaluate", "experiment")
+JOBS = ("build-dataset", "train", "evaluate", "experiment", "wise-ft")
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="CountBench, zero-shot, retrieval; log and register in MLflow")
     _add_config_args(evaluate)
     evaluate.set_defaults(run=_evaluate)
+
+    wise = commands.add_parser("wise-ft", help="WiSE-FT: counting and zero-shot of base/fine-tuned interpolations")
+    _add_config_args(wise)
+    wise.add_argument("--base", help="the original model: checkpoint or pretrained tag (base=...)")
+    wise.add_argument("--finetuned", help="the fine-tuned checkpoint (finetuned=...)")
+    wise.add_argument("--alpha", help="comma-separated weights of the fine-tuned model in [0, 1], e.g. 0,0.5,1")
+    wise.add_argument("--arch", help="open_clip architecture of both (arch=..., default countclip-tiny)")
+    wise.add_argument("--out", help="output folder (out=DIR)")
+    wise.set_defaults(run=_wise_ft)
 
     count = commands.add_parser("count", help="count objects in images")
     count.add_argument("images", nargs="+", metavar="IMAGE")
@@ -117,6 +127,8 @@ def job_config_class(job: str):
         from countclip.jobs.evaluate import EvalJobConfig as config_class
     elif job == "experiment":
         from countclip.jobs.experiment import ExperimentConfig as config_class
+    elif job == "wise-ft":
+        from countclip.jobs.wise_ft import WiseFTConfig as config_class
     else:
         raise ValueError(f"unknown job {job!r}; jobs are {list(JOBS)}")
     return config_class
@@ -127,6 +139,7 @@ def job_config_class(job: str):
 PLACEHOLDERS = {
     "build-dataset": ["source=[s3://bucket/laion/part-00000.parquet]"],
     "evaluate": ["model.pretrained=runs/experiment/checkpoints/countclip.pt"],
+    "wise-ft": ["base=runs/experiment/checkpoints/base.pt", "finetuned=runs/experiment/checkpoints/countclip.pt"],
 }
 
 
@@ -176,6 +189,19 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     cfg = EvalJobConfig.load(args.config, list(args.overrides))
     run_evaluation(cfg, echo=lambda line: print(line, flush=True))
+    return 0
+
+
+def _wise_ft(args: argparse.Namespace) -> int:
+    from countclip.jobs.wise_ft import WiseFTConfig, run_wise_ft
+    from countclip.wiseft import parse_alphas
+
+    overrides = list(args.overrides)
+    for name in ("base", "finetuned", "arch", "out"):
+        overrides += [f"{name}={getattr(args, name)}"] if getattr(args, name) else []
+    overrides += [f"alphas={parse_alphas(args.alpha)}"] if args.alpha is not None else []
+    cfg = WiseFTConfig.load(args.config, overrides)
+    run_wise_ft(cfg, echo=lambda line: print(line, flush=True))
     return 0
 
 

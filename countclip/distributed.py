@@ -90,6 +90,9 @@ def shard_model(
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
+    if getattr(model, "logit_bias", None) is not None:
+        # Registered before fully_shard, so it runs before FSDP2's post-forward reshard (see the hook).
+        model.register_forward_hook(_copy_logit_bias)
     mesh = init_device_mesh(device.type, (world_size(),))
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if mixed_precision and device.type == "cuda" else MixedPrecisionPolicy())
@@ -100,6 +103,17 @@ def shard_model(
     register_fsdp_forward_method(model, "encode_image")
     register_fsdp_forward_method(model, "encode_text")
     return model
+
+
+def _copy_logit_bias(module: nn.Module, inputs, output):
+    """open_clip's SigLIP forward returns the logit_bias parameter itself; under FSDP2 that is the
+    unsharded parameter, whose storage the reshard right after forward frees (the loss then read freed
+    memory: a segfault). Hand the loss a differentiable copy; its gradient still reaches the parameter."""
+    if isinstance(output, tuple) and len(output) == 4:
+        return (*output[:3], output[3].clone())
+    if isinstance(output, dict) and "logit_bias" in output:
+        return output | {"logit_bias": output["logit_bias"].clone()}
+    return output
 
 
 def unwrap(model: nn.Module) -> nn.Module:

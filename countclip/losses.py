@@ -13,7 +13,17 @@ with s the exponentiated logit scale and <.,.> the dot product of L2-normalised 
 counterfactual per sample is the paper's loss; all eight is "CountPlus" (ReScience reproduction).
 Counterfactuals are hard negatives for L_count only, never added to the L_clip batch.
 
-``CountingContrastiveLoss`` returns both terms by name; the training loop sums them.
+For SigLIP models the contrastive term is ``siglip_loss``: open_clip's own ``SigLipLoss`` (the
+sigmoid pair loss with the model's learned logit bias; across ranks it passes text features from
+neighbour to neighbour with gradients, as open_clip trains). L_count stays the two-way (or 1 + M-way)
+softmax above, on the SigLIP model's scaled logits s<i,t> + b: the bias is the same for the true and
+the counterfactual caption of an image, so it cancels and the term is exactly the paper's with the
+model's own scale. We chose it over a sigmoid pair loss (-log sig(z_true) - log sig(-z_cf)) because
+what counting needs, and what the CountBench protocol measures, is the ranking of the true count
+above the others for the same image; the sigmoid form would also push each logit's absolute level,
+which the SigLIP term already calibrates, and would make lambda mean something else for SigLIP runs.
+
+``CountingContrastiveLoss`` returns the terms by name; the training loop sums them.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 LambdaScheme = Literal["constant", "norm", "modal", "log"]
+Contrastive = Literal["clip", "siglip"]
 
 
 def gather_features(features: Tensor) -> tuple[Tensor, int]:
@@ -68,6 +79,20 @@ def clip_loss(
         logits_per_text = logits_per_image.T
         labels = torch.arange(all_images.shape[0], device=image_features.device)
     return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+
+
+def siglip_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor, logit_bias: Tensor) -> Tensor:
+    """SigLIP's sigmoid loss, computed by open_clip's ``SigLipLoss`` (bidirectional neighbour exchange).
+
+    image_features, text_features: (B, D) L2-normalised on this rank. Each rank scores its B images
+    against every rank's texts and divides by B, so the mean over ranks equals the single-process
+    loss on the concatenated batch, and averaged gradients equal the single-process gradient.
+    """
+    from open_clip.loss import SigLipLoss
+
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    return SigLipLoss(rank=rank, world_size=world)(image_features, text_features, logit_scale, logit_bias)
 
 
 def counting_loss(
@@ -126,11 +151,16 @@ def count_weights(histogram: Mapping[int, int], scheme: LambdaScheme) -> dict[in
 
 
 class CountingContrastiveLoss(nn.Module):
-    """L_clip over all samples plus lambda * L_count over the counting ones, as named terms."""
+    """The contrastive term (clip_loss or siglip_loss) over all samples plus lambda * L_count over the
+    counting ones, as named terms."""
 
-    def __init__(self, count_lambda: float, weights_by_count: Mapping[int, float] | None = None):
+    def __init__(self, count_lambda: float, weights_by_count: Mapping[int, float] | None = None,
+                 contrastive: Contrastive = "clip"):
         super().__init__()
+        if contrastive not in ("clip", "siglip"):
+            raise ValueError(f"unknown contrastive loss {contrastive!r}; use clip or siglip")
         self.count_lambda = count_lambda
+        self.contrastive = contrastive
         table = torch.ones(11)
         for count, weight in (weights_by_count or {}).items():
             table[count] = weight
@@ -144,10 +174,16 @@ class CountingContrastiveLoss(nn.Module):
         is_counting: Tensor,
         counts: Tensor,
         logit_scale: Tensor,
+        logit_bias: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """image/text features (B, D); cf_text_features (K, D) or (K, M, D) for the K counting rows
-        in batch order; is_counting (B,) bool; counts (B,) int."""
-        terms = {"clip_loss": clip_loss(image_features, text_features, logit_scale)}
+        in batch order; is_counting (B,) bool; counts (B,) int; logit_bias: the SigLIP model's."""
+        if self.contrastive == "siglip":
+            if logit_bias is None:
+                raise ValueError("loss.contrastive siglip needs the model's logit bias; this model has none")
+            terms = {"siglip_loss": siglip_loss(image_features, text_features, logit_scale, logit_bias)}
+        else:
+            terms = {"clip_loss": clip_loss(image_features, text_features, logit_scale)}
         if self.count_lambda > 0:
             weights = self.weights_by_count[counts[is_counting]]
             terms["count_loss"] = self.count_lambda * counting_loss(

@@ -5,6 +5,9 @@ reach). The small ``countclip-*`` architectures in ``model_configs/`` are regist
 CountWorld; they use open_clip's own tokenizer, so a checkpoint exported from them loads with stock
 ``open_clip.create_model_and_transforms(arch, pretrained=path)`` once the config is registered.
 
+With ``lora`` set, ``create_model`` adds peft LoRA adapters after loading the weights (``lora.py``) and
+``export_state_dict`` merges them back, so exported checkpoints stay stock open_clip.
+
 Models are created with a 1-element ``logit_scale`` (open_clip's ``nonscalar_logit_scale``), because
 FSDP rejects 0-dim parameters; ``export_checkpoint`` writes it back as a scalar, and open_clip's loader
 reshapes either way.
@@ -13,6 +16,7 @@ reshapes either way.
 from __future__ import annotations
 
 import io
+import logging
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from torch import nn
 from countclip import storage
 from countclip.config import ConfigBase, ConfigError, require
 from countclip.images import ImagePreprocess
+from countclip.lora import LoraConfig, add_lora, has_lora, merged_model, resolve_targets
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
@@ -38,6 +43,9 @@ class ModelConfig(ConfigBase):
     or an s3:// URI of one."""
     precision: str = "fp32"
     """Parameter precision at creation: fp32 for training (mixed precision is set by the trainer)."""
+    lora: LoraConfig | None = None
+    """LoRA adapters to train instead of the full model ({rank, alpha, targets}); null: full fine-tuning.
+    The adapters are added after the pretrained weights load and merged into them at export."""
 
     def __post_init__(self) -> None:
         require(bool(self.arch), "model.arch must name an open_clip architecture, e.g. ViT-B-32")
@@ -68,11 +76,42 @@ def check_architecture(arch: str) -> None:
                           "(open_clip.list_models() lists them all)")
 
 
+def has_logit_bias(arch: str) -> bool:
+    """Whether the architecture has SigLIP's learned logit bias (its config sets init_logit_bias)."""
+    import open_clip
+
+    check_architecture(arch)
+    return (open_clip.get_model_config(arch) or {}).get("init_logit_bias") is not None
+
+
+def skeleton(arch: str) -> nn.Module:
+    """The architecture's module tree on the meta device: names and types, no weights, no memory."""
+    import open_clip
+
+    check_architecture(arch)
+    logging.disable(logging.WARNING)  # open_clip warns "No pretrained weights loaded" for every random init
+    try:
+        with torch.device("meta"):
+            return open_clip.create_model(arch, pretrained=None, device="meta")
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def check_for_training(cfg: ModelConfig, contrastive: str) -> dict[str, list[str]]:
+    """ConfigError, before anything trains, when the loss does not fit the model or a LoRA target
+    names no module; returns the LoRA targets resolved to module names ({} without LoRA)."""
+    check_architecture(cfg.arch)
+    if contrastive == "siglip" and not has_logit_bias(cfg.arch):
+        raise ConfigError(f"loss.contrastive siglip needs a model with a logit bias (a SigLIP architecture such as "
+                          f"countclip-tiny-sigmoid or ViT-B-16-SigLIP); {cfg.arch} has none: use loss.contrastive=clip")
+    return resolve_targets(skeleton(cfg.arch), cfg.lora) if cfg.lora is not None else {}
+
+
 def preprocess_config(model: nn.Module) -> dict:
     """The model's own image preprocessing: size (h, w), mean, std, interpolation, resize_mode."""
     import open_clip
 
-    return dict(open_clip.get_model_preprocess_cfg(model))
+    return dict(open_clip.get_model_preprocess_cfg(getattr(model, "module", model)))  # DDP keeps it in .module
 
 
 def image_size(model: nn.Module) -> int:
@@ -118,11 +157,16 @@ def create_model(cfg: ModelConfig, device: str | torch.device = "cpu"):
         if pretrained and Path(pretrained).is_file():
             raise ValueError(f"checkpoint {cfg.pretrained} is corrupt or not a {cfg.arch} checkpoint: {exc}") from None
         raise
-    return model, ImagePreprocess.from_model(model), open_clip.get_tokenizer(cfg.arch)
+    preprocess = ImagePreprocess.from_model(model)
+    if cfg.lora is not None:
+        model = add_lora(model, cfg.lora)
+    return model, preprocess, open_clip.get_tokenizer(cfg.arch)
 
 
 def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A stock open_clip state dict: CPU tensors, scalar logit_scale."""
+    """A stock open_clip state dict: CPU tensors, scalar logit_scale, LoRA adapters merged."""
+    if has_lora(model):
+        model = merged_model(model)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     for key in ("logit_scale", "logit_bias"):
         if key in state and state[key].numel() == 1:

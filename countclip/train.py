@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from countclip import checkpoint
-from countclip.config import ConfigBase, require
+from countclip.config import ConfigBase, ConfigError, require
 from countclip.data.batches import BatchBuilder, TrainingStream, count_only_negatives
 from countclip.data.ingest import IngestConfig
-from countclip.distributed import mean_across_ranks, world_size
-from countclip.losses import CountingContrastiveLoss, LambdaScheme, count_weights
+from countclip.distributed import mean_across_ranks, unwrap, world_size
+from countclip.losses import Contrastive, CountingContrastiveLoss, LambdaScheme, count_weights
 
 LN_100 = math.log(100)  # CLIP clamps the logit scale at 100 to keep training stable
 
@@ -60,6 +60,9 @@ class LossConfig(ConfigBase):
     """Per-count multiplier of lambda from the training set's count frequencies: constant, norm, modal, log."""
     counterfactuals: int = 1
     """Counterfactual captions per counting sample: 1 (the paper) .. 8 (all others: CountPlus)."""
+    contrastive: Contrastive = "clip"
+    """The contrastive term: clip (softmax InfoNCE) or siglip (open_clip's SigLipLoss: sigmoid pairs with
+    the model's logit bias, for SigLIP architectures). L_count is the same softmax term for both."""
 
     def __post_init__(self) -> None:
         require(self.count_lambda >= 0, f"loss.count_lambda must be >= 0, got {self.count_lambda}")
@@ -117,12 +120,15 @@ class TrainResult:
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     # Decay only matrices, as open_clip does: gains, biases, embeddings and logit_scale keep their scale.
+    # Frozen parameters (everything but the adapters of a LoRA model) stay out of the optimizer.
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         plain = param.ndim < 2 or "embedding" in name or "logit_scale" in name or "ln" in name or "bn" in name
         (no_decay if plain else decay).append(param)
+    if not decay and not no_decay:
+        raise ConfigError("the model has no trainable parameters")
     groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": cfg.weight_decay}]
     # fused: one kernel over all parameters (CPU and CUDA); the per-tensor loop costs ~40 ms a step here.
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
@@ -168,7 +174,10 @@ def train(
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
     histogram = data.histogram()
     weights = count_weights(histogram, cfg.loss.lambda_scheme) if any(histogram.values()) else None
-    loss_fn = CountingContrastiveLoss(cfg.loss.count_lambda, weights).to(device)
+    if cfg.loss.contrastive == "siglip" and getattr(unwrap(model), "logit_bias", None) is None:
+        raise ConfigError("loss.contrastive siglip needs a model with a logit bias (a SigLIP architecture); "
+                          "this model has none: use loss.contrastive=clip")
+    loss_fn = CountingContrastiveLoss(cfg.loss.count_lambda, weights, cfg.loss.contrastive).to(device)
     builder = BatchBuilder(tokenizer, data.preprocess, cfg.loss.counterfactuals, cfg.seed)
 
     root = checkpoint_root or cfg.checkpoint_dir
@@ -186,11 +195,13 @@ def train(
         n_cf = batch.cf_tokens.shape[0] * batch.cf_tokens.shape[1]
         texts = torch.cat([batch.tokens, batch.cf_tokens.flatten(0, 1)])
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
-            image_features, all_text_features, logit_scale = model(batch.images, texts)
+            # SigLIP models return their logit bias as a fourth output.
+            image_features, all_text_features, logit_scale, *logit_bias = model(batch.images, texts)
         image_features, all_text_features = image_features.float(), all_text_features.float()
         text_features = all_text_features[: len(batch.tokens)]  # (B, D), L2-normalised
         cf_features = all_text_features[len(batch.tokens):].view(*batch.cf_tokens.shape[:2], text_features.shape[-1])  # (K, M, D)
-        terms = loss_fn(image_features, text_features, cf_features, batch.is_counting, batch.counts, logit_scale)
+        terms = loss_fn(image_features, text_features, cf_features, batch.is_counting, batch.counts, logit_scale,
+                        *logit_bias)
         loss = sum(terms.values())
 
         optimizer.zero_grad(set_to_none=True)
@@ -217,6 +228,8 @@ def train(
                 "samples_per_s": seen / elapsed,
                 "cf_captions": float(n_cf),
             }
+            if logit_bias:
+                row["logit_bias"] = float(logit_bias[0].detach().reshape(-1)[0])
             seen = 0
             negatives.append(count_only_negatives(rows.captions, rows.counts))
             history.append({"step": done, **row})

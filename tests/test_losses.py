@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from countclip.losses import CountingContrastiveLoss, clip_loss, count_weights, counting_loss
+from countclip.losses import CountingContrastiveLoss, clip_loss, count_weights, counting_loss, siglip_loss
 
 
 def unit(*shape, seed=0, dtype=torch.float32):
@@ -139,3 +139,72 @@ def test_gathered_clip_loss_on_two_ranks_equals_single_process(local_loss, tmp_p
         if not local_loss:
             assert loss == pytest.approx(float(single), rel=1e-5)
         np.testing.assert_allclose(grad, weight.weight.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_siglip_term_equals_open_clip_siglip_loss_and_keeps_the_count_term():
+    from open_clip.loss import SigLipLoss
+
+    i, t = unit(8, 16, seed=30), unit(8, 16, seed=31)
+    scale, bias = torch.tensor([10.0]), torch.tensor([-10.0])
+    is_counting = torch.tensor([True, True, True] + [False] * 5)
+    counts = torch.tensor([3, 4, 5, 0, 0, 0, 0, 0])
+    cf = unit(3, 2, 16, seed=32)
+    terms = CountingContrastiveLoss(2.0, contrastive="siglip")(i, t, cf, is_counting, counts, scale, bias)
+    assert set(terms) == {"siglip_loss", "count_loss"}
+    assert float(terms["siglip_loss"]) == pytest.approx(float(SigLipLoss()(i, t, scale, bias)), rel=1e-6)
+    # L_count is the paper's softmax on s<i,t> + b: the bias cancels, so it equals the CLIP run's term.
+    clip_terms = CountingContrastiveLoss(2.0)(i, t, cf, is_counting, counts, scale)
+    assert float(terms["count_loss"]) == pytest.approx(float(clip_terms["count_loss"]), rel=1e-6)
+    assert float(siglip_loss(i, i, scale, bias)) < float(siglip_loss(i, t, scale, bias))
+    with pytest.raises(ValueError, match="needs the model's logit bias"):
+        CountingContrastiveLoss(1.0, contrastive="siglip")(i, t, cf, is_counting, counts, scale)
+    with pytest.raises(ValueError, match="unknown contrastive loss 'sigmoid'"):
+        CountingContrastiveLoss(1.0, contrastive="sigmoid")
+
+
+def _siglip_worker(rank, world, store, queue):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    weight = torch.nn.Linear(16, 16, bias=False)
+    bias = torch.nn.Parameter(torch.tensor([-10.0]))
+    rows = slice(rank * 4, rank * 4 + 4)
+    img = F.normalize(weight(unit(8, 16, seed=40)[rows]), dim=-1)
+    txt = F.normalize(weight(unit(8, 16, seed=41)[rows]), dim=-1)
+    loss = siglip_loss(img, txt, torch.tensor([10.0]), bias)
+    loss.backward()
+    grads = torch.cat([weight.weight.grad.flatten(), bias.grad.flatten()])
+    dist.all_reduce(grads)
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    queue.put((rank, float(mean_loss) / world, (grads / world).numpy()))
+    dist.barrier()
+    dist.destroy_process_group()
+    queue.close()
+    queue.join_thread()
+    os._exit(0)  # as in _gathered_worker: skip torch's occasionally aborting teardown
+
+
+def test_siglip_loss_on_two_ranks_equals_open_clip_on_the_whole_batch(tmp_path):
+    """2 gloo processes, 4 rows each (open_clip's neighbour exchange) == SigLipLoss in one process on
+    the 8 rows: the loss averaged over ranks and the averaged gradients of weights and bias."""
+    from open_clip.loss import SigLipLoss
+
+    ctx = torch.multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    torch.multiprocessing.start_processes(_siglip_worker, args=(2, tmp_path / "rendezvous", queue), nprocs=2,
+                                          join=True, start_method="spawn")
+    results = sorted(queue.get(timeout=60) for _ in range(2))
+
+    torch.manual_seed(0)
+    weight = torch.nn.Linear(16, 16, bias=False)
+    bias = torch.nn.Parameter(torch.tensor([-10.0]))
+    img = F.normalize(weight(unit(8, 16, seed=40)), dim=-1)
+    txt = F.normalize(weight(unit(8, 16, seed=41)), dim=-1)
+    single = SigLipLoss()(img, txt, torch.tensor([10.0]), bias)
+    single.backward()
+    want = torch.cat([weight.weight.grad.flatten(), bias.grad.flatten()]).numpy()
+    for _rank, mean_loss, grads in results:
+        assert mean_loss == pytest.approx(float(single.detach()), rel=1e-5)
+        np.testing.assert_allclose(grads, want, rtol=1e-4, atol=1e-6)

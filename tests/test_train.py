@@ -47,6 +47,24 @@ def test_loss_terms_are_logged_and_training_reduces_the_loss(small_dataset):
     assert result.steps == 12 and result.count_only_negatives >= 0
 
 
+def test_siglip_training_logs_its_terms_and_learns_the_logit_bias(small_dataset):
+    from countclip.config import ConfigError
+
+    torch.manual_seed(0)
+    model, preprocess, tokenizer = create_model(ModelConfig(arch="countclip-tiny-sigmoid"))
+    siglip = LossConfig(count_lambda=2.0, contrastive="siglip")
+    rows = []
+    cfg = config(steps=12, optim=OptimConfig(lr=2e-3, warmup_steps=1), loss=siglip)
+    train(cfg, model, tokenizer, stream(small_dataset, cfg, preprocess), log=lambda step, row: rows.append(row))
+    assert {"siglip_loss", "count_loss", "logit_bias"} <= set(rows[0]) and "clip_loss" not in rows[0]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert rows[-1]["logit_bias"] != pytest.approx(-10.0)  # the bias trains with the towers
+    plain, _, _ = fresh_model()
+    cfg = config(steps=1, loss=siglip)
+    with pytest.raises(ConfigError, match="loss.contrastive siglip needs a model with a logit bias"):
+        train(cfg, plain, tokenizer, stream(small_dataset, cfg, preprocess))
+
+
 def test_control_has_no_counting_term(small_dataset):
     model, preprocess, tokenizer = fresh_model()
     cfg = config(steps=2, loss=LossConfig(count_lambda=0.0))

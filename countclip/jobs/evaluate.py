@@ -28,9 +28,10 @@ from countclip.evaluate import (
     save_confusion_png,
     zeroshot_imagefolder,
 )
-from countclip.model import ModelConfig, create_model, image_size
+from countclip.model import ModelConfig, create_model, export_checkpoint, image_size
 from countclip.numbers import parse_caption
 from countclip.tracking import TrackingConfig
+from countclip.wiseft import check_alpha, interpolate
 from countclip.world.files import png_bytes
 from countclip.world.scenes import render, sample_scene
 from countclip.world.sets import zeroshot_by_task, zeroshot_set
@@ -47,6 +48,18 @@ class RegisterConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         require(0 <= self.zeroshot_tolerance <= 1, "register.zeroshot_tolerance must be in [0, 1]")
+
+
+@dataclass
+class WiseFTBlend(ConfigBase):
+    base: str = ""
+    """The original model the fine-tuned one (model.pretrained) is interpolated with: checkpoint or tag."""
+    alpha: float = 0.5
+    """Weight of the fine-tuned model in [0, 1] (countclip wise-ft measures the trade-off per alpha)."""
+
+    def __post_init__(self) -> None:
+        require(bool(self.base), "wise_ft.base must name the original model (checkpoint or pretrained tag)")
+        self.alpha = check_alpha(self.alpha)
 
 
 @dataclass
@@ -75,6 +88,9 @@ class EvalJobConfig(ConfigBase):
     """Report, confusion matrix PNG."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
+    wise_ft: WiseFTBlend | None = None
+    """Evaluate and register the WiSE-FT interpolation (1 - alpha) * base + alpha * model instead of the
+    model itself; the blended checkpoint is written to <output>/model_wise_ft.pt. null: the model as is."""
 
     def __post_init__(self) -> None:
         require(self.model.pretrained is not None, "model.pretrained must name the checkpoint to evaluate")
@@ -129,6 +145,9 @@ def run_evaluation(cfg: EvalJobConfig, echo=print) -> dict:
     entries = load_countbench(cfg.countbench)  # a malformed file stops here, before anything is logged
     tracking.check_reachable(cfg.tracking)
     model, preprocess, tokenizer = load_model(cfg.model)
+    checkpoint = None
+    if cfg.wise_ft is not None:
+        checkpoint = _blend(cfg, model, echo)
     root = gather_images(cfg, entries)
     report = evaluate_countbench(model, tokenizer, preprocess, cfg.countbench, root)
     if report.scored == 0:
@@ -163,11 +182,23 @@ def run_evaluation(cfg: EvalJobConfig, echo=print) -> dict:
 
     metrics = {"count_accuracy": report.accuracy, "zeroshot_accuracy": zeroshot_mean, "macro_f1": report.macro_f1,
                "images_scored": float(report.scored), "images_missing": float(report.missing)}
+    if cfg.wise_ft is not None:  # logged with the metrics and tagged on the registered version
+        metrics["wise_ft_alpha"] = cfg.wise_ft.alpha
     storage.write_text(out / "report.json", json.dumps(results | {"metrics": metrics}, indent=1))
     results["metrics"] = metrics
-    results["registry"] = _log_and_register(cfg, metrics, out, echo)
+    results["registry"] = _log_and_register(cfg, metrics, out, echo, checkpoint)
     results["seconds"] = round(time.perf_counter() - tic, 1)
     return results
+
+
+def _blend(cfg: EvalJobConfig, model, echo) -> Path:
+    """Turn ``model`` into its WiSE-FT blend with cfg.wise_ft.base in place; return the exported file."""
+    base, _, _ = load_model(cfg.model.replace(pretrained=cfg.wise_ft.base))
+    model.load_state_dict(interpolate(base.state_dict(), model.state_dict(), cfg.wise_ft.alpha))
+    path = Path(cfg.output) / "model_wise_ft.pt"
+    export_checkpoint(model, path)
+    echo(f"[eval] WiSE-FT alpha {cfg.wise_ft.alpha:g}: {cfg.model.pretrained} over {cfg.wise_ft.base} -> {path}")
+    return path
 
 
 def _retrieval_set(entries: list[dict], root: Path, preprocess):
@@ -183,10 +214,12 @@ def _retrieval_set(entries: list[dict], root: Path, preprocess):
     return images, np.array(counts), nouns
 
 
-def _log_and_register(cfg: EvalJobConfig, metrics: dict, out: Path, echo) -> dict:
+def _log_and_register(cfg: EvalJobConfig, metrics: dict, out: Path, echo, checkpoint: Path | None = None) -> dict:
+    """checkpoint: the file to log as the model (default: model.pretrained's)."""
     if not cfg.tracking.enabled:
         return {}
-    checkpoint = None if tracking.is_model_uri(cfg.model.pretrained) else storage.local_copy(cfg.model.pretrained)
+    if checkpoint is None and not tracking.is_model_uri(cfg.model.pretrained):
+        checkpoint = storage.local_copy(cfg.model.pretrained)
     run_id = tracking.start_run(cfg.tracking, "evaluate", cfg.to_dict(), {"report.json": (out / "report.json").read_text()})
     tracking.log_metric_rows(cfg.tracking, run_id, [{"step": 0, **metrics}])
     tracking.log_file(cfg.tracking, run_id, out / "confusion.png")

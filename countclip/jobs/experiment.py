@@ -6,6 +6,11 @@
    CountCLIP with L_clip + lambda * L_count, batches mixed like the paper's (counting rows a minority);
 3. evaluate base, control and CountCLIP on a held-out CountBench-format benchmark and on zero-shot
    shape classification, and write report.json, confusion matrices and the checkpoints.
+
+Options, off by default: ``lora`` adds a CountCLIP row fine-tuned through LoRA adapters from the same
+base (and ``lora_control`` its own L_clip-only control); ``wise_ft_alphas`` evaluates WiSE-FT
+interpolations between base and CountCLIP and writes the trade-off table and plot. A SigLIP run is
+``model.arch=countclip-tiny-sigmoid pretrain.loss.contrastive=siglip finetune.loss.contrastive=siglip``.
 """
 
 from __future__ import annotations
@@ -25,13 +30,16 @@ from countclip.data.batches import TrainingStream
 from countclip.data.shards import read_manifest
 from countclip.evaluate import evaluate_countbench, save_confusion_png
 from countclip.images import ImagePreprocess
-from countclip.model import ModelConfig, create_model, export_checkpoint
+from countclip.lora import LoraConfig, trainable_parameters
+from countclip.model import ModelConfig, check_for_training, create_model, export_checkpoint
 from countclip.train import LossConfig, OptimConfig, TrainConfig, train
+from countclip.wiseft import check_alpha, wise_ft_curve, write_curve
 from countclip.world.files import write_benchmark, write_clean_dataset
 from countclip.world.scenes import CaptionStyle
 from countclip.world.sets import zeroshot_by_task, zeroshot_set
 
 VARIANTS = ("base", "control", "countclip")
+LORA_VARIANTS = ("control_lora", "countclip_lora")  # present only with ExperimentConfig.lora
 
 
 @dataclass
@@ -101,8 +109,23 @@ class ExperimentConfig(ConfigBase):
     """Base-model pretraining (L_clip only, count-free captions; its loss.count_lambda must be 0)."""
     finetune: TrainConfig = field(default_factory=_finetune_default)
     """Fine-tuning of both copies; the control runs it with loss.count_lambda = 0."""
+    lora: LoraConfig | None = None
+    """Add a countclip_lora row: CountCLIP fine-tuned from the same base with these LoRA adapters
+    ({rank, alpha, targets}) instead of all weights; null: no LoRA row."""
+    lora_lr: float | None = None
+    """Peak learning rate of the LoRA fine-tunes (adapters usually want a larger one); null: finetune.optim.lr."""
+    lora_control: bool = False
+    """With lora: also fine-tune a LoRA control (L_clip only), the LoRA row's own baseline."""
+    wise_ft_alphas: list[float] = field(default_factory=list)
+    """WiSE-FT: evaluate interpolations of base and CountCLIP at these alphas (e.g. [0, 0.25, 0.5, 0.75, 1])
+    and write wise_ft.json/.md/.png; empty: skip."""
 
     def __post_init__(self) -> None:
+        require(self.model.lora is None, "model.lora would train the base model's pretraining through adapters "
+                "on random weights; set lora (the experiment's LoRA row) instead")
+        require(self.lora_lr is None or self.lora_lr > 0, f"lora_lr must be positive, got {self.lora_lr}")
+        require(self.lora is not None or not self.lora_control, "lora_control needs lora (the adapters) set")
+        self.wise_ft_alphas = [check_alpha(a) for a in self.wise_ft_alphas]
         require(self.pretrain.loss.count_lambda == 0, "pretrain.loss.count_lambda must be 0: the base model sees no counts")
         require(self.finetune.loss.count_lambda > 0, "finetune.loss.count_lambda must be > 0, else CountCLIP equals the control")
         require(self.finetune.counting_fraction is not None, "finetune.counting_fraction must be set (e.g. 0.25)")
@@ -111,6 +134,10 @@ class ExperimentConfig(ConfigBase):
 
 def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
     """Run the whole experiment; return the report (also written to ``cfg.out``/report.json)."""
+    for stage in (cfg.pretrain, cfg.finetune):  # a loss that does not fit the model fails here, not mid-run
+        check_for_training(cfg.model, stage.loss.contrastive)
+    if cfg.lora is not None:
+        check_for_training(cfg.model.replace(lora=cfg.lora), cfg.finetune.loss.contrastive)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
@@ -142,41 +169,69 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
     base_path = out / "checkpoints" / "base.pt"
     export_checkpoint(model, base_path)
 
-    results: dict[str, dict] = {}
-    for name in VARIANTS:
-        if name != "base":
-            model, preprocess, tokenizer = create_model(cfg.model.replace(pretrained=str(base_path)), device)
-            ft = cfg.finetune.replace(seed=cfg.seed)
-            if name == "control":
-                ft = ft.replace(loss=ft.loss.replace(count_lambda=0.0))
-            result = _train_stage(name, ft, model, tokenizer, preprocess, finetune_data, echo, device)
-            export_checkpoint(model, out / "checkpoints" / f"{name}.pt")
+    def evaluate(model, name: str) -> dict:
         report = evaluate_countbench(model, tokenizer, preprocess, bench_file, device=device)
         zs_tasks = zeroshot_by_task(model, tokenizer, zs_inputs, zs_labels, device)
         zs = float(np.mean(list(zs_tasks.values())))
-        save_confusion_png(report.confusion, out / f"confusion_{name}.png",
-                           f"{name}: count accuracy {report.accuracy:.1%}")
-        results[name] = {"count_accuracy": report.accuracy, "zeroshot_accuracy": zs, "zeroshot_by_task": zs_tasks,
-                         "per_count_accuracy": {str(k): v for k, v in report.per_count_accuracy.items()},
-                         "macro_f1": report.macro_f1, "scored": report.scored, "missing": report.missing}
+        if name:
+            save_confusion_png(report.confusion, out / f"confusion_{name}.png",
+                               f"{name}: count accuracy {report.accuracy:.1%}")
+        return {"count_accuracy": report.accuracy, "zeroshot_accuracy": zs, "zeroshot_by_task": zs_tasks,
+                "per_count_accuracy": {str(k): v for k, v in report.per_count_accuracy.items()},
+                "macro_f1": report.macro_f1, "scored": report.scored, "missing": report.missing}
+
+    results: dict[str, dict] = {}
+    variants = list(VARIANTS) + ([v for v in LORA_VARIANTS if cfg.lora_control or v == "countclip_lora"] if cfg.lora else [])
+    for name in variants:
+        if name != "base":
+            lora = cfg.lora if name.endswith("_lora") else None
+            model, preprocess, tokenizer = create_model(cfg.model.replace(pretrained=str(base_path), lora=lora), device)
+            ft = cfg.finetune.replace(seed=cfg.seed)
+            if name.startswith("control"):
+                ft = ft.replace(loss=ft.loss.replace(count_lambda=0.0))
+            if lora is not None and cfg.lora_lr is not None:
+                ft = ft.replace(optim=ft.optim.replace(lr=cfg.lora_lr))
+            trainable, total = trainable_parameters(model)
+            result = _train_stage(name, ft, model, tokenizer, preprocess, finetune_data, echo, device)
+            export_checkpoint(model, out / "checkpoints" / f"{name}.pt")
+        results[name] = evaluate(model, name)
+        if name != "base":
+            results[name] |= {"trainable_parameters": trainable, "parameters": total}
         if name == "control":
             results[name]["count_only_negatives_per_image"] = result.count_only_negatives
-        by_task = ", ".join(f"{task} {acc:.1%}" for task, acc in zs_tasks.items())
-        echo(f"[eval] {name}: count accuracy {report.accuracy:.1%}, zero-shot {zs:.1%} ({by_task})")
+        r = results[name]
+        by_task = ", ".join(f"{task} {acc:.1%}" for task, acc in r["zeroshot_by_task"].items())
+        echo(f"[eval] {name}: count accuracy {r['count_accuracy']:.1%}, zero-shot {r['zeroshot_accuracy']:.1%} ({by_task})")
+        if name == "countclip" and cfg.wise_ft_alphas:
+            results["wise_ft"] = _wise_ft(cfg, out, model, base_path, device, lambda m: evaluate(m, ""), echo)
 
     report = {"seed": cfg.seed, "seconds": round(time.perf_counter() - t0, 1), **results,
               "gain_over_control": results["countclip"]["count_accuracy"] - results["control"]["count_accuracy"],
               "config": cfg.to_dict()}
+    if "countclip_lora" in results:
+        report["lora_gain_over_control"] = results["countclip_lora"]["count_accuracy"] - results["control"]["count_accuracy"]
+    if "control_lora" in results:
+        report["lora_gain_over_lora_control"] = (results["countclip_lora"]["count_accuracy"]
+                                                 - results["control_lora"]["count_accuracy"])
     storage.write_text(out / "report.json", json.dumps(report, indent=2))
     storage.write_text(out / "config.yaml", cfg.to_yaml())
     echo(format_table(report))
     return report
 
 
+def _wise_ft(cfg: ExperimentConfig, out: Path, finetuned, base_path: Path, device, evaluate, echo) -> dict:
+    """The WiSE-FT curve between base and CountCLIP on the experiment's own held-out sets."""
+    model, _, _ = create_model(cfg.model.replace(pretrained=str(base_path)), device)
+    base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    rows = wise_ft_curve(model, base_state, finetuned.state_dict(), cfg.wise_ft_alphas, evaluate, echo)
+    paths = write_curve(rows, out, f"WiSE-FT, CountCLIP over base (seed {cfg.seed})", {"seed": cfg.seed})
+    return {"rows": rows, **paths}
+
+
 def _train_stage(name: str, cfg: TrainConfig, model, tokenizer, preprocess: ImagePreprocess, dataset: str, echo,
                  device="cpu"):
     def log(step: int, row: dict[str, float]) -> None:
-        terms = " ".join(f"{k}={row[k]:.3f}" for k in ("clip_loss", "count_loss") if k in row)
+        terms = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.endswith("_loss"))
         echo(f"[{name}] step {step}/{cfg.steps} {terms} {row['samples_per_s']:.0f} samples/s")
 
     tic = time.perf_counter()
@@ -188,11 +243,17 @@ def _train_stage(name: str, cfg: TrainConfig, model, tokenizer, preprocess: Imag
 
 
 def format_table(report: dict) -> str:
-    lines = [f"{'model':<10} {'count acc':>9} {'zero-shot':>9}   per-count accuracy 2..10"]
-    for name in VARIANTS:
+    lines = [f"{'model':<14} {'count acc':>9} {'zero-shot':>9}   per-count accuracy 2..10"]
+    for name in (n for n in VARIANTS + LORA_VARIANTS if n in report):
         r = report[name]
         per = " ".join(f"{r['per_count_accuracy'].get(str(c), 0):.2f}" for c in range(2, 11))
-        lines.append(f"{name:<10} {r['count_accuracy']:>9.1%} {r['zeroshot_accuracy']:>9.1%}   {per}")
+        lines.append(f"{name:<14} {r['count_accuracy']:>9.1%} {r['zeroshot_accuracy']:>9.1%}   {per}")
     lines.append(f"CountCLIP - control: {report['gain_over_control'] * 100:+.1f} points of counting accuracy "
                  f"({report['seconds']:.0f}s)")
+    if "lora_gain_over_control" in report:
+        trainable = report["countclip_lora"]["trainable_parameters"] / report["countclip"]["trainable_parameters"]
+        lines.append(f"CountCLIP (LoRA, {trainable:.2%} of the parameters trained) - control: "
+                     f"{report['lora_gain_over_control'] * 100:+.1f} points")
+    if "lora_gain_over_lora_control" in report:
+        lines.append(f"CountCLIP (LoRA) - LoRA control: {report['lora_gain_over_lora_control'] * 100:+.1f} points")
     return "\n".join(lines)

@@ -35,14 +35,23 @@ from ray.train import ScalingConfig as RayScaling
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from countclip import checkpoint, storage, tracking
-from countclip.config import ConfigBase, require
+from countclip.config import ConfigBase, ConfigError, require
 from countclip.data.batches import TrainingStream, check_mix
 from countclip.data.shards import read_manifest
 from countclip.distributed import gather_objects, shard_model
 from countclip.environment import configure_environment, ray_init_args
 from countclip.evaluate import evaluate_countbench, load_countbench
 from countclip.images import ImagePreprocess
-from countclip.model import ModelConfig, check_architecture, create_model, export_checkpoint, resolve_pretrained
+from countclip.lora import attention_targets
+from countclip.model import (
+    ModelConfig,
+    check_architecture,
+    check_for_training,
+    create_model,
+    export_checkpoint,
+    resolve_pretrained,
+    skeleton,
+)
 from countclip.tracking import TrackingConfig
 from countclip.train import TrainConfig, train
 
@@ -104,11 +113,25 @@ def preflight(cfg: TrainJobConfig) -> dict:
     check_mix(manifest, cfg.dataset, cfg.train.batch_size, cfg.train.counting_fraction, cfg.scaling.num_workers)
     check_architecture(cfg.model.arch)
     resolve_pretrained(cfg.model.arch, cfg.model.pretrained)
+    check_for_training(cfg.model, cfg.train.loss.contrastive)
+    _check_lora_strategy(cfg)
     if cfg.benchmark:
         load_countbench(cfg.benchmark)
     _check_writable(cfg.storage_path)
     tracking.check_reachable(cfg.tracking)
     return manifest
+
+
+def _check_lora_strategy(cfg: TrainJobConfig) -> None:
+    """LoRA on the MLP Linears (c_fc, c_proj) trains under FSDP2, DDP and one worker alike; peft's
+    MultiheadAttention layer (target attn) trains under DDP and one worker, but FSDP2's fully_shard
+    rejects it ("Some parameters are not in the module tree"), so refuse that here."""
+    if cfg.model.lora is None or cfg.scaling.strategy != "fsdp":
+        return
+    attention = attention_targets(skeleton(cfg.model.arch), cfg.model.lora)
+    if attention:
+        raise ConfigError(f"model.lora.targets adapt nn.MultiheadAttention ({attention[0]}, ...), which FSDP2 cannot "
+                          "shard through peft; use scaling.strategy=ddp, or targets on Linear modules such as [c_fc, c_proj]")
 
 
 def _check_writable(uri: str) -> None:

@@ -23,3 +23,22 @@ def test_bad_inputs_register_nothing(bench, checkpoints, tmp_path):
     assert client.search_registered_models() == []
 
 
+
+
+def test_a_wise_ft_blend_is_evaluated_and_registered_with_its_alpha(bench, checkpoints, tmp_path):
+    import mlflow
+    import torch
+
+    from countclip.config import ConfigError
+
+    uri = f"sqlite:///{tmp_path / 'ml.db'}"
+    with pytest.raises(ConfigError, match=r"alpha must be a number in \[0, 1\]"):
+        eval_config(bench, checkpoints / "b.pt", uri, tmp_path, f"wise_ft.base={checkpoints / 'a.pt'}", "wise_ft.alpha=1.5")
+    cfg = eval_config(bench, checkpoints / "b.pt", uri, tmp_path, f"wise_ft.base={checkpoints / 'a.pt'}", "wise_ft.alpha=0.25")
+    results = run_evaluation(cfg)
+    blend = torch.load(tmp_path / "eval" / "model_wise_ft.pt", weights_only=True)
+    a, b = (torch.load(checkpoints / f"{n}.pt", weights_only=True) for n in ("a", "b"))
+    torch.testing.assert_close(blend["visual.proj"], 0.75 * a["visual.proj"] + 0.25 * b["visual.proj"])
+    assert results["metrics"]["wise_ft_alpha"] == 0.25
+    version = mlflow.MlflowClient(uri).get_model_version(cfg.register.name, results["registry"]["version"])
+    assert version.tags["wise_ft_alpha"] == "0.250000"

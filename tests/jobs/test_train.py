@@ -61,6 +61,18 @@ def test_preflight_refuses_bad_jobs_before_any_worker(dataset, tmp_path):
     assert preflight(job(dataset, tmp_path))["rows_written"] == 240
 
 
+def test_preflight_refuses_losses_and_adapters_the_model_or_strategy_cannot_train(dataset, tmp_path):
+    with pytest.raises(ConfigError, match="loss.contrastive siglip needs a model with a logit bias"):
+        preflight(job(dataset, tmp_path, "train.loss.contrastive=siglip"))
+    with pytest.raises(ConfigError, match="'qkv' names no module of this model"):
+        preflight(job(dataset, tmp_path, "model.lora.targets=[qkv]"))
+    with pytest.raises(ConfigError, match="adapt nn.MultiheadAttention .* which FSDP2 cannot shard"):
+        preflight(job(dataset, tmp_path, "model.lora.targets=[attn]"))
+    assert preflight(job(dataset, tmp_path, "model.lora.targets=[attn]", "scaling.strategy=ddp"))
+    assert preflight(job(dataset, tmp_path, "model.lora.rank=4"))  # the default c_fc/c_proj under FSDP2
+    assert preflight(job(dataset, tmp_path, "model.arch=countclip-tiny-sigmoid", "train.loss.contrastive=siglip"))
+
+
 def single_process_losses(cfg: TrainJobConfig):
     """One process training on the global batches of the job's ranks (every rank's rows at each step)."""
     from countclip.data.batches import TrainingStream
@@ -143,3 +155,30 @@ def test_fsdp_on_two_workers_matches_one_process_and_survives_a_worker_kill(data
     assert Path(summary["export"]).is_file() and summary["step"] == 6
 
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy, targets", [("fsdp", None), ("fsdp", "[c_fc, c_proj]"), ("ddp", "[attn, c_fc, c_proj]")])
+def test_siglip_and_lora_on_two_ray_workers_match_one_process(dataset, tmp_path, ray_local, strategy, targets):
+    """The SigLIP loss (neighbour exchange across the 2 gloo workers, the logit bias trained under
+    FSDP2) and LoRA adapters under Ray Train: the logged losses equal a single-process run, and the
+    export is a stock open_clip checkpoint."""
+    import open_clip
+
+    from countclip.jobs.train import run_training
+
+    lora = [f"model.lora.targets={targets}", "model.lora.rank=4"] if targets else []
+    cfg = job(dataset, tmp_path, "model.arch=countclip-tiny-sigmoid", "train.loss.contrastive=siglip",
+              f"scaling.strategy={strategy}", "train.steps=4", "train.optim.lr=1e-2", *lora)
+    summary = run_training(cfg, echo=print)
+    expected, _ = single_process_losses(cfg)
+    logged = mlflow_losses(cfg, summary["run_id"])
+    assert [step for step, _ in logged] == [1, 2, 3, 4]
+    for step, loss in logged:
+        assert loss == pytest.approx(expected[step], rel=1e-4, abs=1e-5), step
+    assert len(set(expected.values())) == 4  # the model did train
+    model, _, _ = open_clip.create_model_and_transforms("countclip-tiny-sigmoid", pretrained=summary["export"])
+    assert not any("lora" in name or "base_layer" in name for name in model.state_dict())
+    if targets is None:  # the logit bias trained, identically on the workers and in one process
+        _, reference = single_process_losses(cfg)
+        assert float(model.logit_bias) == pytest.approx(float(reference.logit_bias), rel=1e-5) != -10.0
