@@ -10,6 +10,7 @@
     countclip retrieve FOLDER --query "three dogs" --model ... [--top 5]
     countclip world make-source --out DIR [--rows N] [--seed N]
     countclip world train-verifier --out DIR [--epochs N] [--images N] [--seed N]
+    countclip world pretrain-base --out DIR [--seed N] [--threads N] [recipe_field=value ...]
 
 Each command imports what it runs inside its own function: the jobs pull in Ray, torch and MLflow
 (seconds of imports), which `countclip --help` or `countclip config` should not pay for.
@@ -109,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     verifier.add_argument("--image-size", type=int, default=128)
     verifier.add_argument("--device", default="cpu")
     verifier.set_defaults(run=_train_verifier)
+    base = world_commands.add_parser("pretrain-base", help="train the stand-in pretrained CLIP that knows CountWorld's objects")
+    base.add_argument("--out", required=True, help="folder for the weights and their card (countclip/weights to ship)")
+    base.add_argument("--seed", type=int, default=0)
+    base.add_argument("--threads", type=int, default=2)
+    base.add_argument("overrides", nargs="*", metavar="field=value", help="other recipe fields (e.g. sup_steps=3000)")
+    base.set_defaults(run=_pretrain_base)
     check = world_commands.add_parser("eval-verifier", help="exact-count accuracy of a verifier on fresh scenes")
     check.add_argument("--weights", default="countworld")
     check.add_argument("--seed", type=int, default=2026)
@@ -257,6 +264,14 @@ def _train_verifier(args: argparse.Namespace) -> int:
     path = train_countworld_verifier(args.out, seed=args.seed, images=args.images, epochs=args.epochs,
                                      image_size=args.image_size, device=args.device)
     print(f"verifier: {path}")
+    return 0
+
+
+def _pretrain_base(args: argparse.Namespace) -> int:
+    from countclip.world.base import BaseRecipe, pretrain_base
+
+    recipe = BaseRecipe.load(None, [f"seed={args.seed}", f"threads={args.threads}", *args.overrides])
+    print(f"base: {pretrain_base(args.out, recipe, echo=lambda line: print(line, flush=True))}")
     return 0
 
 

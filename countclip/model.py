@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from countclip import storage
@@ -120,10 +121,24 @@ def image_size(model: nn.Module) -> int:
     return int(size if isinstance(size, int) else size[0])
 
 
+# Pretrained weights shipped in the package, by alias: (architecture, file).
+SHIPPED = {"countworld": ("countclip-tiny", Path(__file__).parent / "weights" / "countworld-clip-tiny.safetensors")}
+
+
 def resolve_pretrained(arch: str, pretrained: str | None) -> str | None:
-    """The tag or local file to hand open_clip; s3:// objects are downloaded once into the cache."""
+    """The tag or local file to hand open_clip; s3:// objects are downloaded once into the cache;
+    ``countworld`` is the stand-in CountWorld base shipped in countclip/weights (``SHIPPED``)."""
     import open_clip
 
+    if pretrained in SHIPPED:
+        shipped_arch, path = SHIPPED[pretrained]
+        if arch != shipped_arch:
+            raise ConfigError(f"model.pretrained={pretrained} is the shipped CountWorld base, a {shipped_arch} "
+                              f"checkpoint; it cannot load into {arch}: set model.arch={shipped_arch}")
+        if not path.is_file():
+            raise FileNotFoundError(f"the shipped CountWorld base {path} is missing: restore it from the repository "
+                                    "or retrain it with `countclip world pretrain-base --out countclip/weights`")
+        return str(path)
     if pretrained is None or pretrained in open_clip.list_pretrained_tags_by_model(arch):
         return pretrained
     if storage.is_s3(pretrained):
@@ -153,7 +168,8 @@ def create_model(cfg: ModelConfig, device: str | torch.device = "cpu"):
         model = open_clip.create_model(
             cfg.arch, pretrained=pretrained, precision=cfg.precision, device=device, nonscalar_logit_scale=True
         )
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, KeyError, ValueError) as exc:
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, KeyError, ValueError,
+            SafetensorError) as exc:
         if pretrained and Path(pretrained).is_file():
             raise ValueError(f"checkpoint {cfg.pretrained} is corrupt or not a {cfg.arch} checkpoint: {exc}") from None
         raise

@@ -213,7 +213,7 @@ def train(
         optimizer.step()
         scheduler.step()
         with torch.no_grad():
-            _clamp_logit_scale(model)
+            clamp_logit_scale(model)
         seen += len(rows.captions) * world_size()
 
         done = step + 1
@@ -244,7 +244,8 @@ def train(
     return TrainResult(cfg.steps - start, history, float(np.mean(negatives)) if negatives else 0.0)
 
 
-def _clamp_logit_scale(model: nn.Module) -> None:
+def clamp_logit_scale(model: nn.Module) -> None:
+    """Keep the learned temperature in [0, ln 100] (CLIP's clamp), in place."""
     for name, param in model.named_parameters():
         if name.endswith("logit_scale"):
             param.clamp_(0, LN_100)
