@@ -120,10 +120,10 @@ class _Scenes:
         return StepRows(images, captions, np.zeros(n, np.int64), np.arange(n)), labels
 
 
-def pretrain_base(out_dir: str | Path, recipe: BaseRecipe = BaseRecipe(), echo: Callable[[str], None] = print) -> Path:
+def pretrain_base(out_dir: str | Path, recipe: BaseRecipe | None = None, echo: Callable[[str], None] = print) -> Path:
     """Train the base (stages A, B, C), write ``<out_dir>/<SHIPPED_NAME>`` (fp16 safetensors) and its
     card ``.json`` (recipe, command, seconds, measured accuracies of the written file, sha256)."""
-    out_dir = Path(out_dir)
+    out_dir, recipe = Path(out_dir), recipe or BaseRecipe()
     torch.set_num_threads(recipe.threads)
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)
