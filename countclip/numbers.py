@@ -52,6 +52,8 @@ import functools
 import re
 from dataclasses import dataclass
 
+from countclip.caption_cues import not_a_visible_count
+
 NUMBER_WORDS: dict[str, int] = {
     "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
     "seven": 7, "eight": 8, "nine": 9, "ten": 10,
@@ -178,16 +180,24 @@ def parse_caption(caption: str | None) -> CaptionCount | None:
     if not isinstance(caption, str):
         kind = type(caption).__name__
         raise TypeError(f"caption must be a str or None, got {kind}: {caption!r:.80}")
+    text = _unslugged(caption)
     spans = []
-    for match in _NUMBER_RE.finditer(caption):
+    for match in _NUMBER_RE.finditer(text):
         start, end = match.span()
-        if _is_counted(caption, start, end):
+        if _is_counted(text, start, end):
             spans.append((start, end))
-    counts = {NUMBER_WORDS[caption[s:e].lower()] for s, e in spans}
+    counts = {NUMBER_WORDS[text[s:e].lower()] for s, e in spans}
     if len(counts) != 1:  # no count, or several different ones: ambiguous for a counting pair
         return None
-    phrase = _noun_phrase(caption[spans[0][1]:spans[0][1] + _WINDOW])
+    phrase = _noun_phrase(text[spans[0][1]:spans[0][1] + _WINDOW])
     return CaptionCount(counts.pop(), tuple(spans), " ".join(phrase), phrase[-1] if phrase else "")
+
+
+def _unslugged(caption: str) -> str:
+    """A URL slug ("Two-tiger-cubs-playing") with its hyphens read as spaces; same offsets."""
+    if caption.count("-") >= 2 and "/" not in caption and not any(c.isspace() for c in caption):
+        return caption.replace("-", " ")
+    return caption
 
 
 def count_from_caption(caption: str | None) -> int | None:
@@ -269,6 +279,7 @@ def _is_counted(caption: str, start: int, end: int) -> bool:
     return not (
         _excluded_by_before(words, before_sep, bare, right)
         or _excluded_by_after(after, right)
+        or not_a_visible_count(caption, start, end, after, _noun_phrase(right), _looks_plural)
     )
 
 
