@@ -10,9 +10,12 @@ compounds); these cues read what it counts and where it stands, with the vocabul
   count (CountBench counts them), and so does any other singular ("two door garage");
 - what it counts names nothing a picture shows ("five reasons", "four regions", "the two main
   ingredients": `vocabulary.is_not_visible`);
-- it is part of a title or name: "The Three Musketeers" (capitalised "The", number and next word),
-  or a capitalised name or numbering ending in it ("Division Two", "Fab Four", "Rainbow Six,");
-- it states a capacity: "for two" with nothing counted after it, or "for two people" / "guests".
+- it is part of a title or name: it stands inside double quotes ("Three Primary Colors"); "the"
+  then a capitalised number and word ("The Three Musketeers", "Romance of the Three Kingdoms");
+  a capitalised "N of" + capitalised word ("Five of Cups"); or a capitalised name or numbering
+  ending in it ("Division Two", "Fab Four", "Rainbow Six,");
+- it states a capacity or a split: "for two" with nothing counted after it, "for two people" /
+  "guests", "in two".
 
 Each cue is written for the Title Case and lower case forms web captions take; an ALL-CAPS number
 word ("TWO") is never read as a title.
@@ -43,44 +46,58 @@ def not_a_visible_count(caption: str, start: int, end: int, after: Tokens, phras
     """
     previous = _PREVIOUS_WORD_RE.search(caption[max(0, start - 40):start])
     previous = previous.group(1) if previous else ""
-    bare = not after or bool(after[0][0].strip())  # nothing but punctuation follows
+    bare = not after or bool(after[0][0].strip()) or after[0][1].isdigit()  # "for two 2": a digit note
     return (
         _compound_modifier(after, phrase, looks_plural)
         or bool(phrase and vocabulary.is_not_visible(phrase[-1]))
         or _in_a_title(caption, start, end, previous, bare)
         or (previous.lower() == "for" and (bare or (phrase and phrase[-1] in _CAPACITY_NOUNS)))
+        or (previous.lower() == "in" and bare)  # "cuts the village in two"
     )
 
 
 def _compound_modifier(after: Tokens, phrase: list[str], looks_plural: Callable[[str], bool]) -> bool:
-    """"two tone sweater", "Six Eyed Sand Spider": a modifier noun (or noun + "ed") and no plural after it."""
+    """"two tone sweater", "Six Eyed Sand Spider": a modifier noun, or a thing's noun + "ed"."""
     if not after or not after[0][0].isspace():
         return False
-    word = after[0][1]
-    listed = word in vocabulary.modifiers()
-    if not listed and not (_noun_with_ed(word) and len(after) > 1 and after[1][0].isspace()):
-        return False  # "six enamelled, gilt silver spoons": a list of adjectives
-    if len(after) > 1 and after[1] == (" ", "of"):
-        return False  # "four pack of socks": CountBench counts the socks
-    return not any(looks_plural(w) for w in phrase)  # "three color balloons" counts balloons
+    word, following = after[0][1], after[1] if len(after) > 1 else ("", "")
+    if word in vocabulary.modifiers():  # unless a plural or "of" follows at once: CountBench counts
+        return not (following[0].isspace() and (following[1] == "of" or looks_plural(following[1])))
+    if _noun_with_ed(word) and (following[0].isspace() or following == ("", "")):  # not "six enamelled, gilt"
+        return not any(looks_plural(w) for w in phrase)  # "two horned cows" counts cows
+    return False
 
 
 @functools.lru_cache(maxsize=4096)
 def _noun_with_ed(word: str) -> bool:
-    """"eyed", "legged", "sided", "tiered": a noun made an adjective (lemminflect knows the noun)."""
-    if len(word) < 5 or not word.endswith("ed") or not word.isalpha():
+    """"eyed", "legged", "tiered": a visible thing's noun or a modifier made an adjective; not a
+    participle such as "isolated" (lemminflect cannot tell them apart: both read as verbs)."""
+    if len(word) < 4 or not word.endswith("ed") or not word.isalpha():
         return False
-    from lemminflect import getAllLemmas
-
     stems = {word[:-1], word[:-2]} | ({word[:-3]} if word[-3] == word[-4] else set())
-    return any("NOUN" in getAllLemmas(stem) for stem in stems)
+    return any(stem in vocabulary.modifiers() or vocabulary.is_visible(stem) for stem in stems)
 
 
 def _in_a_title(caption: str, start: int, end: int, previous: str, bare: bool) -> bool:
     if not caption[start:end].istitle():  # "Three", not "three" or "THREE"
         return False
-    if previous == "The":  # "The Three Musketeers", "The Four Seasons Hotel"
-        following = caption[end:end + 2]
-        return len(following) == 2 and following[0] == " " and following[1].isupper()
+    if _quoted(caption, start):  # 'OK Go, "Three Primary Colors" on Sesame Street'
+        return True
+    following = caption[end:end + 4]
+    if previous in ("The", "the"):  # "The Three Musketeers", "Romance of the Three Kingdoms"
+        return len(following) > 1 and following[0] == " " and following[1].isupper()
+    if following[:4] == " of " and caption[end + 4:end + 5].isupper():  # "Five of Cups Tarot Card"
+        return True
     # "Division Two", "Fab Four": a capitalised word, then the number word, then nothing but punctuation
     return bare and previous[:1].isupper() and previous.lower() not in _STOP_BEFORE
+
+
+def _quoted(caption: str, start: int) -> bool:
+    """Whether caption[start] lies inside "straight" or “curly” double quotes. A caption exported
+    CSV-style ('"A set of six ""Merryman"" plates"') is read unescaped first."""
+    before, after = caption[:start], caption[start:]
+    if len(caption) > 2 and caption[0] == caption[-1] == '"' and '""' in caption:
+        before, after = before[1:].replace('""', '"'), after[:-1].replace('""', '"')
+    if before.count('"') % 2 == 1 and '"' in after:
+        return True
+    return before.rfind("“") > before.rfind("”") and "”" in after
