@@ -14,8 +14,11 @@ compounds); these cues read what it counts and where it stands, with the vocabul
   then a capitalised number and word ("The Three Musketeers", "Romance of the Three Kingdoms");
   a capitalised "N of" + capitalised word ("Five of Cups"); or a capitalised name or numbering
   ending in it ("Division Two", "Fab Four", "Rainbow Six,");
-- it states a capacity or a split: "for two" with nothing counted after it, "for two people" /
-  "guests", "in two".
+- it is in the title of a work "by" someone, in a caption that names no picture ("Two Little Girls
+  in Blue by Mary Higgins Clark"; "Three Boys in a Dory Poster by Winslow Homer" still counts);
+- it states a capacity or a split ("for two" with nothing counted after it, "shoots for two during",
+  "for two people",
+  "in two"), or whom someone is looking for ("looking for two school nurses", "hiring three").
 
 Each cue is written for the Title Case and lower case forms web captions take; an ALL-CAPS number
 word ("TWO") is never read as a title.
@@ -35,6 +38,13 @@ _CAPACITY_NOUNS = frozenset("people persons guests adults".split())  # "for two 
 _STOP_BEFORE = frozenset(
     "of for on at in to by with from and or the a an my his her our their its your all top first last next".split()
 )
+_SEEKING = frozenset("seeking hiring recruiting wanted".split())
+_BY_NAME_RE = re.compile(r"(?: by|By:) [A-Z][a-z]+ [A-Z][a-z]+")  # "by Mary Higgins Clark"; not "Standing By"
+_PICTURE_RE = re.compile(
+    r"\b(?:prints?|posters?|paintings?|painted|canvas|photos?|photograph\w*|pictures?|art|artwork|drawings?|"
+    r"illustrations?|sculptures?|murals?|etchings?|lithographs?|watercolou?rs?|images?|stock|vector)\b",
+    re.IGNORECASE,
+)
 _PREVIOUS_WORD_RE = re.compile(r"([A-Za-z][\w'’]*) $")  # the word right before, one plain space between
 
 
@@ -51,9 +61,29 @@ def not_a_visible_count(caption: str, start: int, end: int, after: Tokens, phras
         _compound_modifier(after, phrase, looks_plural)
         or bool(phrase and vocabulary.is_not_visible(phrase[-1]))
         or _in_a_title(caption, start, end, previous, bare)
-        or (previous.lower() == "for" and (bare or (phrase and phrase[-1] in _CAPACITY_NOUNS)))
+        or (previous.lower() == "for" and (not phrase or phrase[-1] in _CAPACITY_NOUNS))
         or (previous.lower() == "in" and bare)  # "cuts the village in two"
+        or _sought(caption, start, previous)
+        or _a_work_by(caption, start, end)
     )
+
+
+def _sought(caption: str, start: int, previous: str) -> bool:
+    """"is looking for two school nurses", "hiring three drivers": people wanted are not pictured."""
+    if previous.lower() in _SEEKING:
+        return True
+    return previous.lower() == "for" and caption[max(0, start - 24):start - 4].lower().split()[-1:] in (
+        ["looking"], ["searching"], ["search"])
+
+
+def _a_work_by(caption: str, start: int, end: int) -> bool:
+    """"Two Little Girls in Blue by Mary Higgins Clark": a capitalised number in the title of a work
+    by someone; unless the caption names a picture ("... Metal Print by Vincent Van Gogh", "Poster by"),
+    whose title describes what it shows."""
+    if not caption[start:end].istitle():
+        return False
+    by = _BY_NAME_RE.search(caption, end)
+    return bool(by) and not _PICTURE_RE.search(caption)
 
 
 def _compound_modifier(after: Tokens, phrase: list[str], looks_plural: Callable[[str], bool]) -> bool:

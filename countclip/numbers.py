@@ -97,6 +97,7 @@ _AFTER_RE = re.compile(
 # Every character that can follow the spaces in an _AFTER_RE match, where it is ASCII: most
 # number words are followed by none of them, and skip the regex.
 _AFTER_START = frozenset("oapiOAPI%")
+_SLUG_RE = re.compile(r"[^\W_]+(?:-[^\W_]+)+")  # words joined by single hyphens, nothing else
 _WINDOW = 64  # characters of context read on each side of a number word
 _DASHES = frozenset("-‐‑–—")
 _APOSTROPHES = frozenset("'’")
@@ -195,7 +196,7 @@ def parse_caption(caption: str | None) -> CaptionCount | None:
 
 def _unslugged(caption: str) -> str:
     """A URL slug ("Two-tiger-cubs-playing") with its hyphens read as spaces; same offsets."""
-    if caption.count("-") >= 2 and "/" not in caption and not any(c.isspace() for c in caption):
+    if caption.count("-") >= 2 and _SLUG_RE.fullmatch(caption):
         return caption.replace("-", " ")
     return caption
 
