@@ -10,12 +10,15 @@ compounds); these cues read what it counts and where it stands, with the vocabul
   count (CountBench counts them), and so does any other singular ("two door garage");
 - what it counts names nothing a picture shows ("five reasons", "four regions", "the two main
   ingredients": `vocabulary.is_not_visible`);
-- it is part of a title or name: it stands inside double quotes ("Three Primary Colors"); "the"
-  then a capitalised number and word ("The Three Musketeers", "Romance of the Three Kingdoms");
+- it is part of a title or name: it stands inside a short double-quoted title ("Three Primary
+  Colors"), or "the" is followed by a capitalised number and word ("The Three Musketeers", "Romance
+  of the Three Kingdoms"), unless the caption names a picture, whose title says what it shows ("The
+  Two Fridas Framed Print");
   a capitalised "N of" + capitalised word ("Five of Cups"); or a capitalised name or numbering
   ending in it ("Division Two", "Fab Four", "Rainbow Six,");
 - it is in the title of a work "by" someone, in a caption that names no picture ("Two Little Girls
   in Blue by Mary Higgins Clark"; "Three Boys in a Dory Poster by Winslow Homer" still counts);
+- it starts a mixed number ("Two 1/2 inch snaps");
 - it states a capacity or a split ("for two" with nothing counted after it, "shoots for two during",
   "for two people",
   "in two"), or whom someone is looking for ("looking for two school nurses", "hiring three").
@@ -56,6 +59,8 @@ def not_a_visible_count(caption: str, start: int, end: int, after: Tokens, phras
     """
     previous = _PREVIOUS_WORD_RE.search(caption[max(0, start - 40):start])
     previous = previous.group(1) if previous else ""
+    if len(after) > 1 and after[0][1].isdigit() and after[1][0] == "/":
+        return True  # "Two 1/2 inch": a mixed number, a measure
     bare = not after or bool(after[0][0].strip()) or after[0][1].isdigit()  # "for two 2": a digit note
     return (
         _compound_modifier(after, phrase, looks_plural)
@@ -111,11 +116,11 @@ def _noun_with_ed(word: str) -> bool:
 def _in_a_title(caption: str, start: int, end: int, previous: str, bare: bool) -> bool:
     if not caption[start:end].istitle():  # "Three", not "three" or "THREE"
         return False
-    if _quoted(caption, start):  # 'OK Go, "Three Primary Colors" on Sesame Street'
-        return True
     following = caption[end:end + 4]
-    if previous in ("The", "the"):  # "The Three Musketeers", "Romance of the Three Kingdoms"
-        return len(following) > 1 and following[0] == " " and following[1].isupper()
+    if _quoted(caption, start) or (previous in ("The", "the") and following[:1] == " " and following[1:2].isupper()):
+        # 'OK Go, "Three Primary Colors"', "The Three Musketeers", "Romance of the Three Kingdoms"; but
+        # a picture's title says what it shows ("The Two Fridas Framed Print")
+        return not _PICTURE_RE.search(caption)
     if following[:4] == " of " and caption[end + 4:end + 5].isupper():  # "Five of Cups Tarot Card"
         return True
     # "Division Two", "Fab Four": a capitalised word, then the number word, then nothing but punctuation
@@ -123,11 +128,15 @@ def _in_a_title(caption: str, start: int, end: int, previous: str, bare: bool) -
 
 
 def _quoted(caption: str, start: int) -> bool:
-    """Whether caption[start] lies inside "straight" or “curly” double quotes. A caption exported
-    CSV-style ('"A set of six ""Merryman"" plates"') is read unescaped first."""
+    """Whether caption[start] lies inside a short "straight" or “curly” double-quoted title (at most
+    eight words). A caption exported CSV-style ('"A set of six ""Merryman"" plates"') is read unescaped."""
     before, after = caption[:start], caption[start:]
     if len(caption) > 2 and caption[0] == caption[-1] == '"' and '""' in caption:
         before, after = before[1:].replace('""', '"'), after[:-1].replace('""', '"')
-    if before.count('"') % 2 == 1 and '"' in after:
-        return True
-    return before.rfind("“") > before.rfind("”") and "”" in after
+    if before.count('"') % 2 == 1:
+        opened, closing = before.rfind('"'), after.find('"')
+    elif before.rfind("“") > before.rfind("”"):
+        opened, closing = before.rfind("“"), after.find("”")
+    else:
+        return False
+    return closing >= 0 and len((before[opened + 1:] + after[:closing]).split()) <= 8

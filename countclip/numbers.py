@@ -285,13 +285,15 @@ def _is_counted(caption: str, start: int, end: int) -> bool:
 
 
 def _glued(caption: str, start: int, end: int) -> bool:
-    """Hyphenated/dashed compounds, "two's", and "(two)" notes."""
+    """Hyphenated/dashed compounds (not "set-of-three"), "two's", and "(two)" notes (not "Terriers (three)")."""
     before = caption[start - 1] if start else ""
     after, after2 = caption[end:end + 1], caption[end + 1:end + 2]
+    before_word = (caption[max(0, start - 24):start - 1].split() or [""])[-1].lower()
     return (
-        before in _DASHES or after in _DASHES  # the empty string is in neither set
+        (before in _DASHES and not before_word.endswith(("-of", " of")) and before_word != "of")
+        or after in _DASHES  # the empty string is in neither set
         or (after in _APOSTROPHES and after2.isalpha())
-        or (before == "(" and after == ")")
+        or (before == "(" and after == ")" and not _looks_plural(before_word))
     )
 
 
