@@ -19,6 +19,8 @@ compounds); these cues read what it counts and where it stands, with the vocabul
 - it is in the title of a work "by" someone, in a caption that names no picture ("Two Little Girls
   in Blue by Mary Higgins Clark"; "Three Boys in a Dory Poster by Winslow Homer" still counts);
 - it starts a mixed number ("Two 1/2 inch snaps");
+- it counts victims ("killed two teens"), follows a credit line's "/" ("(Tony Farlow/Four Seam
+  Images)") or carries a trademark sign ("TWO™");
 - it states a capacity or a split ("for two" with nothing counted after it, "shoots for two during",
   "for two people",
   "in two"), or whom someone is looking for ("looking for two school nurses", "hiring three").
@@ -41,6 +43,7 @@ _CAPACITY_NOUNS = frozenset("people persons guests adults".split())  # "for two 
 _STOP_BEFORE = frozenset(
     "of for on at in to by with from and or the a an my his her our their its your all top first last next".split()
 )
+_VICTIMS_OF = frozenset("killed killing kills injured injuring injures wounded wounding murdered murdering".split())
 _SEEKING = frozenset("seeking hiring recruiting wanted".split())
 _BY_NAME_RE = re.compile(r"(?: by|By:) [A-Z][a-z]+ [A-Z][a-z]+")  # "by Mary Higgins Clark"; not "Standing By"
 _PICTURE_RE = re.compile(
@@ -69,6 +72,9 @@ def not_a_visible_count(caption: str, start: int, end: int, after: Tokens, phras
         or (previous.lower() == "for" and (not phrase or phrase[-1] in _CAPACITY_NOUNS))
         or (previous.lower() == "in" and bare)  # "cuts the village in two"
         or _sought(caption, start, previous)
+        or previous.lower() in _VICTIMS_OF  # "a crash that killed two teens": victims are not pictured
+        or caption[end:end + 1] in ("™", "®")  # "Army of TWO™": a brand
+        or (caption[start - 1:start] == "/" and caption[start:end].istitle())  # "(Tony Farlow/Four Seam Images)"
         or _a_work_by(caption, start, end)
     )
 
@@ -96,8 +102,8 @@ def _compound_modifier(after: Tokens, phrase: list[str], looks_plural: Callable[
     if not after or not after[0][0].isspace():
         return False
     word, following = after[0][1], after[1] if len(after) > 1 else ("", "")
-    if word in vocabulary.modifiers():  # unless a plural or "of" follows at once: CountBench counts
-        return not (following[0].isspace() and (following[1] == "of" or looks_plural(following[1])))
+    if word in vocabulary.modifiers():  # unless a plural, "of" or "from" follows: "three pack of socks"
+        return not (following[0].isspace() and (following[1] in ("of", "from") or looks_plural(following[1])))
     if _noun_with_ed(word) and (following[0].isspace() or following == ("", "")):  # not "six enamelled, gilt"
         return not any(looks_plural(w) for w in phrase)  # "two horned cows" counts cows
     return False
@@ -109,8 +115,12 @@ def _noun_with_ed(word: str) -> bool:
     participle such as "isolated" (lemminflect cannot tell them apart: both read as verbs)."""
     if len(word) < 4 or not word.endswith("ed") or not word.isalpha():
         return False
-    stems = {word[:-1], word[:-2]} | ({word[:-3]} if word[-3] == word[-4] else set())
-    return any(stem in vocabulary.modifiers() or vocabulary.is_visible(stem) for stem in stems)
+    return any(stem in vocabulary.modifiers() or vocabulary.is_visible(stem) for stem in _stems(word))
+
+
+def _stems(word: str) -> set[str]:
+    """What a noun + "ed" adjective may be made of: "toned" -> tone, "legged" -> leg, "horned" -> horn."""
+    return {word[:-1], word[:-2]} | ({word[:-3]} if word[-3] == word[-4] else set())
 
 
 def _in_a_title(caption: str, start: int, end: int, previous: str, bare: bool) -> bool:

@@ -136,7 +136,7 @@ _FRACTIONS = _words("thirds fourths fifths sixths sevenths eighths ninths tenths
 _NUMBERING_PREV = _words(
     "episode season series chapter part volume book level grade step round number page act "
     "scene stage phase version day week year mark war apollo gen class type size track game "
-    "hole channel district figure lesson psalm verse take high cloud"
+    "hole channel district figure lesson psalm verse take high cloud lap heat leg"
 )
 # Abbreviations may be followed by a full stop; full words may not, or "A sunny day. Two dogs"
 # would read as numbering.
