@@ -48,7 +48,7 @@ _SEEKING = frozenset("seeking hiring recruiting wanted".split())
 _BY_NAME_RE = re.compile(r"(?: by|By:) [A-Z][a-z]+ [A-Z][a-z]+")  # "by Mary Higgins Clark"; not "Standing By"
 _PICTURE_RE = re.compile(
     r"\b(?:prints?|posters?|paintings?|painted|canvas|photos?|photograph\w*|pictures?|art|artwork|drawings?|"
-    r"illustrations?|sculptures?|murals?|etchings?|lithographs?|watercolou?rs?|images?|stock|vector)\b",
+    r"illustrations?|sculptures?|murals?|etchings?|lithographs?|watercolou?rs?|images?|stock|vector|cover)\b",
     re.IGNORECASE,
 )
 _PREVIOUS_WORD_RE = re.compile(r"([A-Za-z][\w'’]*) $")  # the word right before, one plain space between
@@ -67,6 +67,7 @@ def not_a_visible_count(caption: str, start: int, end: int, after: Tokens, phras
     bare = not after or bool(after[0][0].strip()) or after[0][1].isdigit()  # "for two 2": a digit note
     return (
         _compound_modifier(after, phrase, looks_plural)
+        or _title_case_compound(caption[start:end], after, phrase, looks_plural)
         or bool(phrase and vocabulary.is_not_visible(phrase[-1]))
         or _in_a_title(caption, start, end, previous, bare)
         or (previous.lower() == "for" and (not phrase or phrase[-1] in _CAPACITY_NOUNS))
@@ -107,6 +108,27 @@ def _compound_modifier(after: Tokens, phrase: list[str], looks_plural: Callable[
     if _noun_with_ed(word) and (following[0].isspace() or following == ("", "")):  # not "six enamelled, gilt"
         return not any(looks_plural(w) for w in phrase)  # "two horned cows" counts cows
     return False
+
+
+def _title_case_compound(number: str, after: Tokens, phrase: list[str], looks_plural: Callable[[str], bool]) -> bool:
+    """"Two Queen Deluxe Cabin", "Three Horse Bedding Set": in a Title Case name a number, a singular
+    noun and more words with no plural among them describe one thing. (In lower case the same
+    shape is too often CountBench's count: "nine vector image", "two door garage".)"""
+    if not (number.istitle() or number.isupper()) or len(phrase) < 2 or not after[0][0].isspace():
+        return False
+    plural = [looks_plural(w) or (w.endswith(("is", "us")) and vocabulary.singular(w) != w) for w in phrase]
+    return _noun_not_adjective(after[0][1]) and not any(plural)  # "Two yogis after yoga practice" counts
+
+
+@functools.lru_cache(maxsize=4096)
+def _noun_not_adjective(word: str) -> bool:
+    """lemminflect knows the word as a noun and not as an adjective ("queen", not "young" or "red")."""
+    if not word.isalpha():
+        return False
+    from lemminflect import getAllLemmas
+
+    parts = getAllLemmas(word)
+    return "NOUN" in parts and "ADJ" not in parts and "ADP" not in parts
 
 
 @functools.lru_cache(maxsize=4096)

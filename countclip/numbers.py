@@ -156,7 +156,7 @@ _PHRASE_STOP = _NUMBERISH | _words(
 )
 _JOINER = "and"  # kept between modifiers: "black and white photos"
 _IRREGULAR_PLURALS = _words(
-    "men women children people feet teeth geese mice dice sheep fish deer oxen cattle police moai"
+    "men women children people feet teeth geese mice dice sheep fish deer moose oxen cattle police moai"
 )
 
 
@@ -314,7 +314,7 @@ def _excluded_by_before(words: list[str], sep: str, bare: bool, right: str) -> b
         or (plain and (w1 in _APPROX_PREV or w1 in _NOT_COUNT_PREV))  # "about ten", "aged three"
         or (plain and w1 in _ARTICLES and not _has_plural(_noun_phrase(right)))  # "a two seater"
         or (bare and plain and w1 in _BARE_PREV)  # "meet at ten.", "she is two"
-        or (bare and sep.strip() == ",")  # apposition: "Hattie, eight, Finn, seven"
+        or (bare and sep.strip() == "," and not _looks_plural(w1))  # "Hattie, eight,"; not "players, two,"
     )
 
 
