@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from countclip import vocabulary
 
@@ -44,61 +44,59 @@ _STOP_BEFORE = frozenset(
     "of for on at in to by with from and or the a an my his her our their its your all top first last next".split()
 )
 _VICTIMS_OF = frozenset("killed killing kills injured injuring injures wounded wounding murdered murdering".split())
-_SEEKING = frozenset("seeking hiring recruiting wanted".split())
+_SEEKING = frozenset("seeking hiring recruiting wanted".split())  # "hiring three drivers"
+_LOOKING = (["looking"], ["searching"], ["search"])  # "is looking for two school nurses"
 _BY_NAME_RE = re.compile(r"(?: by|By:) [A-Z][a-z]+ [A-Z][a-z]+")  # "by Mary Higgins Clark"; not "Standing By"
 _PICTURE_RE = re.compile(
     r"\b(?:prints?|posters?|paintings?|painted|canvas|photos?|photograph\w*|pictures?|art|artwork|drawings?|"
     r"illustrations?|sculptures?|murals?|etchings?|lithographs?|watercolou?rs?|images?|stock|vector|cover)\b",
     re.IGNORECASE,
 )
-_PREVIOUS_WORD_RE = re.compile(r"([A-Za-z][\w'’]*) $")  # the word right before, one plain space between
 
 
-def not_a_visible_count(caption: str, start: int, end: int, after: Tokens, phrase: list[str],
+def not_a_visible_count(caption: str, start: int, end: int, previous: str, after: Tokens, phrase: Sequence[str],
                         looks_plural: Callable[[str], bool]) -> bool:
     """Whether the number word caption[start:end] counts nothing visible (see the module doc).
 
+    previous: the word right before it, as written, when one space separates them (else "");
     after: the words after it as `numbers` tokenises them; phrase: the noun phrase it counts.
     """
-    previous = _PREVIOUS_WORD_RE.search(caption[max(0, start - 40):start])
-    previous = previous.group(1) if previous else ""
     if len(after) > 1 and after[0][1].isdigit() and after[1][0] == "/":
         return True  # "Two 1/2 inch": a mixed number, a measure
+    if (_compound_modifier(after, phrase, looks_plural)
+            or bool(phrase and vocabulary.is_not_visible(phrase[-1]))
+            or caption[end:end + 1] in ("™", "®")):  # "Army of TWO™": a brand
+        return True
+    before = previous.lower()
     bare = not after or bool(after[0][0].strip()) or after[0][1].isdigit()  # "for two 2": a digit note
+    if before and (
+        (before == "for" and (not phrase or phrase[-1] in _CAPACITY_NOUNS))  # "Dinner for two?"
+        or (before == "in" and bare)  # "cuts the village in two"
+        or before in _SEEKING or before in _VICTIMS_OF  # "hiring three"; "killed two teens": not pictured
+        or (before == "for" and caption[max(0, start - 24):start - 4].lower().split()[-1:] in _LOOKING)
+    ):
+        return True
+    number = caption[start:end]
+    if not (number[0].isupper() and number[1:].islower() or number.isupper()):
+        return False  # the rest are cues of names, titles and Title Case
     return (
-        _compound_modifier(after, phrase, looks_plural)
-        or _title_case_compound(caption[start:end], after, phrase, looks_plural)
-        or bool(phrase and vocabulary.is_not_visible(phrase[-1]))
-        or _in_a_title(caption, start, end, previous, bare)
-        or (previous.lower() == "for" and (not phrase or phrase[-1] in _CAPACITY_NOUNS))
-        or (previous.lower() == "in" and bare)  # "cuts the village in two"
-        or _sought(caption, start, previous)
-        or previous.lower() in _VICTIMS_OF  # "a crash that killed two teens": victims are not pictured
-        or caption[end:end + 1] in ("™", "®")  # "Army of TWO™": a brand
-        or (caption[start - 1:start] == "/" and caption[start:end].istitle())  # "(Tony Farlow/Four Seam Images)"
-        or _a_work_by(caption, start, end)
+        _title_case_compound(number, after, phrase, looks_plural)
+        or (number.istitle() and (
+            caption[start - 1:start] == "/"  # "(Tony Farlow/Four Seam Images)"
+            or _in_a_title(caption, start, end, previous, bare)
+            or _a_work_by(caption, end)))
     )
 
 
-def _sought(caption: str, start: int, previous: str) -> bool:
-    """"is looking for two school nurses", "hiring three drivers": people wanted are not pictured."""
-    if previous.lower() in _SEEKING:
-        return True
-    return previous.lower() == "for" and caption[max(0, start - 24):start - 4].lower().split()[-1:] in (
-        ["looking"], ["searching"], ["search"])
-
-
-def _a_work_by(caption: str, start: int, end: int) -> bool:
+def _a_work_by(caption: str, end: int) -> bool:
     """"Two Little Girls in Blue by Mary Higgins Clark": a capitalised number in the title of a work
     by someone; unless the caption names a picture ("... Metal Print by Vincent Van Gogh", "Poster by"),
     whose title describes what it shows."""
-    if not caption[start:end].istitle():
-        return False
     by = _BY_NAME_RE.search(caption, end)
     return bool(by) and not _PICTURE_RE.search(caption)
 
 
-def _compound_modifier(after: Tokens, phrase: list[str], looks_plural: Callable[[str], bool]) -> bool:
+def _compound_modifier(after: Tokens, phrase: Sequence[str], looks_plural: Callable[[str], bool]) -> bool:
     """"two tone sweater", "Six Eyed Sand Spider": a modifier noun, or a thing's noun + "ed"."""
     if not after or not after[0][0].isspace():
         return False
@@ -110,11 +108,11 @@ def _compound_modifier(after: Tokens, phrase: list[str], looks_plural: Callable[
     return False
 
 
-def _title_case_compound(number: str, after: Tokens, phrase: list[str], looks_plural: Callable[[str], bool]) -> bool:
-    """"Two Queen Deluxe Cabin", "Three Horse Bedding Set": in a Title Case name a number, a singular
-    noun and more words with no plural among them describe one thing. (In lower case the same
-    shape is too often CountBench's count: "nine vector image", "two door garage".)"""
-    if not (number.istitle() or number.isupper()) or len(phrase) < 2 or not after[0][0].isspace():
+def _title_case_compound(number: str, after: Tokens, phrase: Sequence[str], looks_plural: Callable[[str], bool]) -> bool:
+    """"Two Queen Deluxe Cabin", "Three Horse Bedding Set": in a Title Case name (number "Two" or
+    "TWO") a number, a singular noun and more words with no plural among them describe one thing. (In
+    lower case the same shape is too often CountBench's count: "nine vector image", "two door garage".)"""
+    if len(phrase) < 2 or not after[0][0].isspace():
         return False
     plural = [looks_plural(w) or (w.endswith(("is", "us")) and vocabulary.singular(w) != w) for w in phrase]
     return _noun_not_adjective(after[0][1]) and not any(plural)  # "Two yogis after yoga practice" counts
@@ -146,8 +144,7 @@ def _stems(word: str) -> set[str]:
 
 
 def _in_a_title(caption: str, start: int, end: int, previous: str, bare: bool) -> bool:
-    if not caption[start:end].istitle():  # "Three", not "three" or "THREE"
-        return False
+    """Quoted titles, "The Three ...", "Five of Cups", "Division Two" (the number word is Title case)."""
     following = caption[end:end + 4]
     if _quoted(caption, start) or (previous in ("The", "the") and following[:1] == " " and following[1:2].isupper()):
         # 'OK Go, "Three Primary Colors"', "The Three Musketeers", "Romance of the Three Kingdoms"; but

@@ -268,10 +268,12 @@ def _is_counted(caption: str, start: int, end: int) -> bool:
         return False
     left = caption[max(0, start - _WINDOW):start]
     last = _LAST_WORDS_REVERSED_RE.match(left[::-1])
+    previous = ""  # the word right before, as written, when one space separates them ("The", "for")
     if last:  # [word before, the one before that], and what separates the first from the number
         before_sep, word1, word2 = last.groups("")
         words = [word1[::-1].lower(), word2[::-1].lower()]
         before_sep = before_sep[::-1]
+        previous = word1[::-1] if before_sep == " " else ""
     else:
         words, before_sep = [], left
     right = caption[end:end + _WINDOW]
@@ -280,7 +282,7 @@ def _is_counted(caption: str, start: int, end: int) -> bool:
     return not (
         _excluded_by_before(words, before_sep, bare, right)
         or _excluded_by_after(after, right)
-        or not_a_visible_count(caption, start, end, after, _noun_phrase(right), _looks_plural)
+        or not_a_visible_count(caption, start, end, previous, after, _noun_phrase(right), _looks_plural)
     )
 
 
@@ -338,8 +340,10 @@ def _excluded_by_after(after: tuple[tuple[str, str], ...], right: str) -> bool:
     )
 
 
-def _noun_phrase(right: str) -> list[str]:
-    """The words after a number word that name what it counts, at most four, lower-cased.
+@functools.lru_cache(maxsize=256)
+def _noun_phrase(right: str) -> tuple[str, ...]:
+    """The words after a number word that name what it counts, at most four, lower-cased. Cached:
+    `_is_counted` reads it for every occurrence, `parse_caption` again for the first counted one.
 
     Reads up to six words (to a stop word or punctuation) and ends at the first plural-looking
     one, keeping its last four ("paper pulp lump sculptures"); "and" between modifiers is kept
@@ -360,11 +364,11 @@ def _noun_phrase(right: str) -> list[str]:
         words.pop()
     for i, word in enumerate(words):
         if _looks_plural(word):
-            return _last_four(words[:i + 1])  # "cute little girls" (having fun)
+            return tuple(_last_four(words[:i + 1]))  # "cute little girls" (having fun)
     for i, word in enumerate(words):
         if i and len(word) > 4 and word.endswith("ing"):
-            return _last_four(words[:i])  # "bottle package" (including ...)
-    return _last_four(words)
+            return tuple(_last_four(words[:i]))  # "bottle package" (including ...)
+    return tuple(_last_four(words))
 
 
 @functools.lru_cache(maxsize=256)

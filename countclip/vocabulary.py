@@ -105,6 +105,7 @@ def _visible() -> frozenset[str]:
     return frozenset(names)
 
 
+@functools.lru_cache(maxsize=8192)
 def is_visible(word: str) -> bool:
     """Whether a vocabulary (or vocabulary.yaml's words) names this noun, as written or singular."""
     return any(f in _visible() for f in forms(word))
@@ -115,6 +116,7 @@ def _not_visible() -> frozenset[str]:
     return frozenset(w for w in _tables()["not_visible"] if w not in _visible())
 
 
+@functools.lru_cache(maxsize=8192)
 def is_not_visible(word: str) -> bool:
     """Whether the noun names what a picture cannot show ("reasons", "four regions"), see the module doc."""
     return not is_visible(word) and any(f in _not_visible() for f in forms(word))

@@ -20,6 +20,7 @@ from functools import lru_cache
 
 from countclip import vocabulary
 
+
 def plural(word: str) -> str:
     """English plural of a (possibly multi-word) noun: the last word is pluralised (lemminflect)."""
     return vocabulary.plural(word)
