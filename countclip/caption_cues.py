@@ -4,29 +4,26 @@
 compounds); these cues read what it counts and where it stands, with the vocabularies of
 `countclip.vocabulary` and lemminflect's parts of speech. A number word is not a count when:
 
-- it makes a compound modifier of one thing, unhyphenated: it is followed by one of
-  `vocabulary.modifiers()` or a noun + "ed", and no plural noun after that ("two tone sweater", "two
-  piece romper", "Six Pack", "six eyed spider"); "two piece swimsuits" or "four pack of socks" still
-  count (CountBench counts them), and so does any other singular ("two door garage");
-- what it counts names nothing a picture shows ("five reasons", "four regions", "the two main
-  ingredients": `vocabulary.is_not_visible`);
-- it is part of a title or name: it stands inside a short double-quoted title ("Three Primary
-  Colors"), or "the" is followed by a capitalised number and word ("The Three Musketeers", "Romance
-  of the Three Kingdoms"), unless the caption names a picture, whose title says what it shows ("The
-  Two Fridas Framed Print");
-  a capitalised "N of" + capitalised word ("Five of Cups"); or a capitalised name or numbering
-  ending in it ("Division Two", "Fab Four", "Rainbow Six,");
-- it is in the title of a work "by" someone, in a caption that names no picture ("Two Little Girls
-  in Blue by Mary Higgins Clark"; "Three Boys in a Dory Poster by Winslow Homer" still counts);
+- it makes a compound modifier of one thing, unhyphenated: one of `vocabulary.modifiers()` follows
+  it and no plural, "of" or "from" right after that ("two tone sweater", "two piece romper", "Two
+  Tone"; "three color balloons" and "four pack of socks" count, as CountBench counts them); or a
+  visible thing's noun + "ed" with no plural after it ("six eyed spider"; "two horned cows" count);
+  or, in Title Case only, any singular noun with more words and no plural ("Two Queen Deluxe Cabin").
+  In lower case any other singular stays a count ("two door garage", CountBench's "nine vector image");
+- what it counts names nothing a picture shows ("five reasons", "four regions", "two starts":
+  `vocabulary.is_not_visible`);
+- it is part of a title or name, the number word capitalised ("Three"): inside a short quoted
+  title ('"Three Primary Colors"'); after "the" and before a capitalised word ("The Three
+  Musketeers", "Romance of the Three Kingdoms"), unless the caption names a picture, whose title
+  says what it shows ("The Two Fridas Framed Print"); "Five of Cups"; a capitalised name ending in
+  it ("Division Two", "Fab Four,"); in a credit line ("Tony Farlow/Four Seam Images"); in the
+  title of a work "by" a named author, in a caption that names no picture ("Two Little Girls in
+  Blue by Mary Higgins Clark"; "Three Boys in a Dory Poster by Winslow Homer" counts); or it carries
+  a trademark sign ("TWO™");
 - it starts a mixed number ("Two 1/2 inch snaps");
-- it counts victims ("killed two teens"), follows a credit line's "/" ("(Tony Farlow/Four Seam
-  Images)") or carries a trademark sign ("TWO™");
-- it states a capacity or a split ("for two" with nothing counted after it, "shoots for two during",
-  "for two people",
-  "in two"), or whom someone is looking for ("looking for two school nurses", "hiring three").
-
-Each cue is written for the Title Case and lower case forms web captions take; an ALL-CAPS number
-word ("TWO") is never read as a title.
+- it states a capacity or a split ("dinner for two", "for two people", "shoots for two during",
+  "in two"), or counts people the picture does not show: victims ("killed two teens") and people
+  sought ("looking for two school nurses", "hiring three").
 """
 
 from __future__ import annotations

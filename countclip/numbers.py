@@ -6,8 +6,10 @@ count when one of those words, as a whole word (any case), counts visible things
 counts too: CountBench labels it so).
 
 An occurrence is *not* a count when its context says it is something else:
-- glued: joined by a hyphen or dash ("two-way", "three-year-old", "twenty-two", "two-three"),
-  followed by "'s" ("two's company") or wrapped as "(two)" (a list item's note, not the caption's);
+- glued: joined by a hyphen or dash ("two-way", "three-year-old", "twenty-two", "two-three"; not
+  "set-of-three"), followed by "'s" ("two's company") or wrapped as "(two)" (a list item's note;
+  not after a plural: "Yorkshire Terriers (three)"). A URL slug ("Two-tiger-cubs-playing", only
+  words and single hyphens) is read with its hyphens as spaces;
 - part of a bigger number or a sequence: a number word next to it ("two hundred", "twenty two",
   "ten thirty", "two dozen", "three quarter"), "hundred and two";
 - a range, ratio or approximation: "two or three", "two to 3", "2 - three", "five past two",
@@ -22,12 +24,14 @@ An occurrence is *not* a count when its context says it is something else:
 - a compound modifier of one thing: "a three piece suit", "a two seater" ("a/an" + number word
   whose phrase reaches no plural noun; "a nine different poses" still counts);
 - a bare number (nothing follows but punctuation) after "at", "is", "until", ... (times, ages:
-  "meet at ten.", "she is two") or after a comma (apposition: "Hattie, eight, Finn, seven").
+  "meet at ten.", "she is two") or after a comma (apposition: "Hattie, eight,"; not after a plural).
 Coins are things: "ten quarters", "two pennies" count; "ten dollars" is an amount, and "three
 pounds" is weight or money, never a count. "one of the two boys" counts two (both are pictured).
 Numbering words take no full stop ("A sunny day. Two dogs" counts); abbreviations may ("No. 2").
-Titles and names ("Seven Samurai", "Four Seasons Hotel") are not recognised: the detector check
-downstream rejects their images.
+Past that context, `countclip.caption_cues` reads what is counted and where it stands (its doc has
+the list): compound modifiers ("two tone sweater"), nouns naming nothing visible ("five reasons"),
+titles and names ("The Three Musketeers", "Division Two"), capacities ("dinner for two"), people
+not pictured ("killed two teens"). Titles it cannot tell ("Seven Samurai") reach the detector check.
 
 What is counted: the noun phrase is read after the first counted word, up to punctuation, a stop
 word (preposition, conjunction, determiner, auxiliary, pronoun) or a digit, and ends at its first
