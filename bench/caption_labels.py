@@ -93,6 +93,16 @@ def main() -> None:
                                     "previous": scores(pick, [previous[i] for i in idx]),
                                     "current": scores(pick, [current[i] for i in idx])}
     coco = [s[0] for s in vocabulary.class_names("coco")]
+    # What a COCO detector can verify: the returned counts whose noun names a COCO class, and the rest
+    # (VerifyConfig.unmapped_noun: "dominant" counts the most frequent detected class, "skip" drops them).
+    nouns = [p.noun if p else None for p in map(parse_caption, (r["caption"] for r in rows))]
+    for split in results["splits"]:
+        for mapped in (True, False):
+            idx = [i for i, r in enumerate(rows) if split in ("all", r["split"]) and current[i] is not None
+                   and (class_for_noun(nouns[i], coco) is not None) == mapped]
+            hits = sum(current[i] == rows[i]["count"] for i in idx)
+            results["splits"][split]["coco_mapped" if mapped else "coco_unmapped"] = {
+                "returned": len(idx), "true": hits, "precision": round(hits / max(len(idx), 1), 4)}
     true = [r for r in rows if r["count"] is not None]
     results["labelled_true_counts_noun_to_coco"] = {
         "rows": len(true),
