@@ -263,7 +263,7 @@ def test_countbench_recall_and_precision():
           f"precision {precision:.4f} ({hits}/{returned})")
     # The misses are captions naming several different counts, plus two compound modifiers
     # ("A five Felt Star mini garland", "two story tiny cottage"): see the module docstring.
-    assert recall >= 0.955
+    assert recall >= 0.96  # issue 12: the web-text cues may not cost CountBench its counts
     assert precision >= 0.98
 
 
