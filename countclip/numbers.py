@@ -6,8 +6,10 @@ count when one of those words, as a whole word (any case), counts visible things
 counts too: CountBench labels it so).
 
 An occurrence is *not* a count when its context says it is something else:
-- glued: joined by a hyphen or dash ("two-way", "three-year-old", "twenty-two", "two-three"),
-  followed by "'s" ("two's company") or wrapped as "(two)" (a list item's note, not the caption's);
+- glued: joined by a hyphen or dash ("two-way", "three-year-old", "twenty-two", "two-three"; not
+  "set-of-three"), followed by "'s" ("two's company") or wrapped as "(two)" (a list item's note;
+  not after a plural: "Yorkshire Terriers (three)"). A URL slug ("Two-tiger-cubs-playing", only
+  words and single hyphens) is read with its hyphens as spaces;
 - part of a bigger number or a sequence: a number word next to it ("two hundred", "twenty two",
   "ten thirty", "two dozen", "three quarter"), "hundred and two";
 - a range, ratio or approximation: "two or three", "two to 3", "2 - three", "five past two",
@@ -22,12 +24,14 @@ An occurrence is *not* a count when its context says it is something else:
 - a compound modifier of one thing: "a three piece suit", "a two seater" ("a/an" + number word
   whose phrase reaches no plural noun; "a nine different poses" still counts);
 - a bare number (nothing follows but punctuation) after "at", "is", "until", ... (times, ages:
-  "meet at ten.", "she is two") or after a comma (apposition: "Hattie, eight, Finn, seven").
+  "meet at ten.", "she is two") or after a comma (apposition: "Hattie, eight,"; not after a plural).
 Coins are things: "ten quarters", "two pennies" count; "ten dollars" is an amount, and "three
 pounds" is weight or money, never a count. "one of the two boys" counts two (both are pictured).
 Numbering words take no full stop ("A sunny day. Two dogs" counts); abbreviations may ("No. 2").
-Titles and names ("Seven Samurai", "Four Seasons Hotel") are not recognised: the detector check
-downstream rejects their images.
+Past that context, `countclip.caption_cues` reads what is counted and where it stands (its doc has
+the list): compound modifiers ("two tone sweater"), nouns naming nothing visible ("five reasons"),
+titles and names ("The Three Musketeers", "Division Two"), capacities ("dinner for two"), people
+not pictured ("killed two teens"). Titles it cannot tell ("Seven Samurai") reach the detector check.
 
 What is counted: the noun phrase is read after the first counted word, up to punctuation, a stop
 word (preposition, conjunction, determiner, auxiliary, pronoun) or a digit, and ends at its first
@@ -51,6 +55,8 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
+
+from countclip.caption_cues import not_a_visible_count
 
 NUMBER_WORDS: dict[str, int] = {
     "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
@@ -95,6 +101,7 @@ _AFTER_RE = re.compile(
 # Every character that can follow the spaces in an _AFTER_RE match, where it is ASCII: most
 # number words are followed by none of them, and skip the regex.
 _AFTER_START = frozenset("oapiOAPI%")
+_SLUG_RE = re.compile(r"[^\W_]+(?:-[^\W_]+)+")  # words joined by single hyphens, nothing else
 _WINDOW = 64  # characters of context read on each side of a number word
 _DASHES = frozenset("-‐‑–—")
 _APOSTROPHES = frozenset("'’")
@@ -133,7 +140,7 @@ _FRACTIONS = _words("thirds fourths fifths sixths sevenths eighths ninths tenths
 _NUMBERING_PREV = _words(
     "episode season series chapter part volume book level grade step round number page act "
     "scene stage phase version day week year mark war apollo gen class type size track game "
-    "hole channel district figure lesson psalm verse take high cloud"
+    "hole channel district figure lesson psalm verse take high cloud lap heat leg"
 )
 # Abbreviations may be followed by a full stop; full words may not, or "A sunny day. Two dogs"
 # would read as numbering.
@@ -153,7 +160,7 @@ _PHRASE_STOP = _NUMBERISH | _words(
 )
 _JOINER = "and"  # kept between modifiers: "black and white photos"
 _IRREGULAR_PLURALS = _words(
-    "men women children people feet teeth geese mice dice sheep fish deer oxen cattle police moai"
+    "men women children people feet teeth geese mice dice sheep fish deer moose oxen cattle police moai"
 )
 
 
@@ -178,16 +185,24 @@ def parse_caption(caption: str | None) -> CaptionCount | None:
     if not isinstance(caption, str):
         kind = type(caption).__name__
         raise TypeError(f"caption must be a str or None, got {kind}: {caption!r:.80}")
+    text = _unslugged(caption)
     spans = []
-    for match in _NUMBER_RE.finditer(caption):
+    for match in _NUMBER_RE.finditer(text):
         start, end = match.span()
-        if _is_counted(caption, start, end):
+        if _is_counted(text, start, end):
             spans.append((start, end))
-    counts = {NUMBER_WORDS[caption[s:e].lower()] for s, e in spans}
+    counts = {NUMBER_WORDS[text[s:e].lower()] for s, e in spans}
     if len(counts) != 1:  # no count, or several different ones: ambiguous for a counting pair
         return None
-    phrase = _noun_phrase(caption[spans[0][1]:spans[0][1] + _WINDOW])
+    phrase = _noun_phrase(text[spans[0][1]:spans[0][1] + _WINDOW])
     return CaptionCount(counts.pop(), tuple(spans), " ".join(phrase), phrase[-1] if phrase else "")
+
+
+def _unslugged(caption: str) -> str:
+    """A URL slug ("Two-tiger-cubs-playing") with its hyphens read as spaces; same offsets."""
+    if caption.count("-") >= 2 and _SLUG_RE.fullmatch(caption):
+        return caption.replace("-", " ")
+    return caption
 
 
 def count_from_caption(caption: str | None) -> int | None:
@@ -257,10 +272,12 @@ def _is_counted(caption: str, start: int, end: int) -> bool:
         return False
     left = caption[max(0, start - _WINDOW):start]
     last = _LAST_WORDS_REVERSED_RE.match(left[::-1])
+    previous = ""  # the word right before, as written, when one space separates them ("The", "for")
     if last:  # [word before, the one before that], and what separates the first from the number
         before_sep, word1, word2 = last.groups("")
         words = [word1[::-1].lower(), word2[::-1].lower()]
         before_sep = before_sep[::-1]
+        previous = word1[::-1] if before_sep == " " else ""
     else:
         words, before_sep = [], left
     right = caption[end:end + _WINDOW]
@@ -269,17 +286,20 @@ def _is_counted(caption: str, start: int, end: int) -> bool:
     return not (
         _excluded_by_before(words, before_sep, bare, right)
         or _excluded_by_after(after, right)
+        or not_a_visible_count(caption, start, end, previous, after, _noun_phrase(right), _looks_plural)
     )
 
 
 def _glued(caption: str, start: int, end: int) -> bool:
-    """Hyphenated/dashed compounds, "two's", and "(two)" notes."""
+    """Hyphenated/dashed compounds (not "set-of-three"), "two's", and "(two)" notes (not "Terriers (three)")."""
     before = caption[start - 1] if start else ""
     after, after2 = caption[end:end + 1], caption[end + 1:end + 2]
+    before_word = (caption[max(0, start - 24):start - 1].split() or [""])[-1].lower()
     return (
-        before in _DASHES or after in _DASHES  # the empty string is in neither set
+        (before in _DASHES and not before_word.endswith(("-of", " of")) and before_word != "of")
+        or after in _DASHES  # the empty string is in neither set
         or (after in _APOSTROPHES and after2.isalpha())
-        or (before == "(" and after == ")")
+        or (before == "(" and after == ")" and not _looks_plural(before_word))
     )
 
 
@@ -300,7 +320,7 @@ def _excluded_by_before(words: list[str], sep: str, bare: bool, right: str) -> b
         or (plain and (w1 in _APPROX_PREV or w1 in _NOT_COUNT_PREV))  # "about ten", "aged three"
         or (plain and w1 in _ARTICLES and not _has_plural(_noun_phrase(right)))  # "a two seater"
         or (bare and plain and w1 in _BARE_PREV)  # "meet at ten.", "she is two"
-        or (bare and sep.strip() == ",")  # apposition: "Hattie, eight, Finn, seven"
+        or (bare and sep.strip() == "," and not _looks_plural(w1))  # "Hattie, eight,"; not "players, two,"
     )
 
 
@@ -324,8 +344,10 @@ def _excluded_by_after(after: tuple[tuple[str, str], ...], right: str) -> bool:
     )
 
 
-def _noun_phrase(right: str) -> list[str]:
-    """The words after a number word that name what it counts, at most four, lower-cased.
+@functools.lru_cache(maxsize=256)
+def _noun_phrase(right: str) -> tuple[str, ...]:
+    """The words after a number word that name what it counts, at most four, lower-cased. Cached:
+    `_is_counted` reads it for every occurrence, `parse_caption` again for the first counted one.
 
     Reads up to six words (to a stop word or punctuation) and ends at the first plural-looking
     one, keeping its last four ("paper pulp lump sculptures"); "and" between modifiers is kept
@@ -346,11 +368,11 @@ def _noun_phrase(right: str) -> list[str]:
         words.pop()
     for i, word in enumerate(words):
         if _looks_plural(word):
-            return _last_four(words[:i + 1])  # "cute little girls" (having fun)
+            return tuple(_last_four(words[:i + 1]))  # "cute little girls" (having fun)
     for i, word in enumerate(words):
         if i and len(word) > 4 and word.endswith("ing"):
-            return _last_four(words[:i])  # "bottle package" (including ...)
-    return _last_four(words)
+            return tuple(_last_four(words[:i]))  # "bottle package" (including ...)
+    return tuple(_last_four(words))
 
 
 @functools.lru_cache(maxsize=256)

@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 COUNTBENCH_CANDIDATES = [REPO.parent / "shared/countbench/CountBench.json", Path("/work/shared/countbench/CountBench.json")]
 COUNTBENCH = Path(os.environ.get("COUNTCLIP_COUNTBENCH") or next(
     (p for p in COUNTBENCH_CANDIDATES if p.is_file()), COUNTBENCH_CANDIDATES[0]))
+# The 11,057 real LAION captions the same way (shared/laion-captions/README.md): read, never copied.
+LAION_CAPTIONS = REPO.parent / "shared/laion-captions/captions.jsonl"
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 import json
 import random
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -261,7 +263,72 @@ def test_countbench_recall_and_precision():
           f"precision {precision:.4f} ({hits}/{returned})")
     # The misses are captions naming several different counts, plus two compound modifiers
     # ("A five Felt Star mini garland", "two story tiny cottage"): see the module docstring.
-    assert recall >= 0.955
+    assert recall >= 0.96  # issue 12: the web-text cues may not cost CountBench its counts
     assert precision >= 0.98
 
 
+
+
+# ------------------------------------------------------------------------------------------------
+# Real LAION captions (tests/data/laion_captions_labelled.jsonl; how they were drawn and labelled:
+# tests/data/LAION_LABELS.md)
+
+LAION_LABELS = Path(__file__).parent / "data" / "laion_captions_labelled.jsonl"
+
+
+def laion_labels() -> list[dict]:
+    return [json.loads(line) for line in LAION_LABELS.read_text(encoding="utf-8").splitlines()]
+
+
+def precision_recall(rows: list[dict], counts: list) -> tuple[float, float]:
+    hits = sum(c is not None and c == r["count"] for r, c in zip(rows, counts))
+    returned = sum(c is not None for c in counts)
+    return hits / returned, hits / sum(r["count"] is not None for r in rows)
+
+
+def test_labelled_laion_sample_is_what_its_doc_says():
+    rows = laion_labels()
+    assert len(rows) == 500 and len({r["caption"] for r in rows}) == 500
+    assert {r["split"] for r in rows} == {"tune", "held_out", "fresh", "fresh2"}
+    assert all((r["count"] is None) == (r["why"] != "count") and r["weight"] >= 1 for r in rows)
+    assert all(r["count"] is None or 2 <= r["count"] <= 10 for r in rows)
+
+
+@pytest.mark.parametrize("split, min_precision, min_recall", [
+    ("all", 0.82, 0.97),
+    ("fresh2", 0.77, 0.95),  # drawn and labelled after the rules were frozen: never tuned on
+])
+def test_precision_and_recall_on_real_captions(split, min_precision, min_recall):
+    rows = [r for r in laion_labels() if split in ("all", r["split"])]
+    precision, recall = precision_recall(rows, [count_from_caption(r["caption"]) for r in rows])
+    before_p, before_r = precision_recall(rows, [r["previous_count"] for r in rows])
+    print(f"{split}: precision {precision:.3f} recall {recall:.3f} (previous grammar {before_p:.3f} / {before_r:.3f})")
+    assert precision >= min_precision and recall >= min_recall
+    assert precision >= before_p + 0.07 and recall >= before_r - 0.02  # one miss in 71 on fresh2
+
+
+@pytest.mark.parametrize("caption,count", [
+    ("Two-tiger-cubs-playing-with-the-remains-of-a-Chrismas-tree", 2),  # a URL slug: hyphens are spaces
+    ("Branded-Spirits-USA-Launches-Five-New-Products", 5),
+    ("Wolford Opaque set-of-three white thongs", 3),
+    ("Yorkshire Terriers (three) - Garden Pins", 3),  # "(three)" after a plural counts it
+    ("Basketball-players, two, basket-throw, duel", 2),  # apposition to a plural
+])
+def test_web_forms_that_count(caption, count):
+    assert count_from_caption(caption) == count
+
+
+@pytest.mark.parametrize("caption", ["/nb-no/sea-two-pool-villa/hotel/x.html", "How-Can-Two-Walk-Together-(-The)",
+                                     "Seiko-Mens-Two-Tone-Watch", "two-way"])
+def test_slug_look_alikes(caption):
+    assert count_from_caption(caption) is None
+
+
+def test_100_kb_captions_are_parsed_in_linear_time():
+    plain, counting = "a dog on a sofa " * 6400, "three dogs on a sofa " * 4900  # ~100 KB each
+    start = time.perf_counter()
+    assert count_from_caption(plain) is None
+    parsed = parse_caption(counting)
+    assert parsed.count == 3 and len(parsed.spans) == 4900
+    assert len(caption_variants(counting, 3)[7]) == len(counting)
+    assert time.perf_counter() - start < 10

