@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(exp)
     exp.add_argument("--seed", type=int, help="master seed (shortcut for seed=N)")
     exp.add_argument("--out", help="output folder (shortcut for out=DIR)")
+    exp.add_argument("--base", help="countworld (the shipped base, default), a checkpoint, or scratch (shortcut for base=...)")
     exp.set_defaults(run=_experiment)
 
     build = commands.add_parser("build-dataset", help="build the verified counting dataset on Ray Data")
@@ -169,6 +170,7 @@ def _experiment(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     overrides += [f"seed={args.seed}"] if args.seed is not None else []
     overrides += [f"out={args.out}"] if args.out else []
+    overrides += [f"base={args.base}"] if args.base else []
     cfg = ExperimentConfig.load(args.config, overrides)
     run_experiment(cfg, echo=lambda line: print(line, flush=True))
     print(f"report: {cfg.out}/report.json")

@@ -57,6 +57,15 @@ class VerifyStage:
         return out
 
 
+def skip_verification(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The verify stage when ``verify.enabled`` is false: every row passes as "unverified" (a naively
+    filtered dataset, the paper's ablation: the caption filter alone decides what counts)."""
+    n = len(batch["status"])
+    return {**batch, "detected_count": np.full(n, -1, dtype=np.int64), "verified": np.zeros(n, dtype=bool),
+            "verify_status": np.full(n, "unverified", dtype=object), "verify_class": np.full(n, "", dtype=object),
+            "verify_node": np.full(n, _node_id(), dtype=object)}
+
+
 class StageWriter:
     """Decide each row's fate, stage the kept rows as parquet, return per-row tallies."""
 
@@ -94,7 +103,7 @@ def final_status(batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     rules = [
         ("captions", status != "ok", status),
         ("fetch", (status == "ok") & (fetch != "ok"), fetch),
-        ("verify", (status == "ok") & (fetch == "ok") & counting & (verify != "verified"), verify),
+        ("verify", (status == "ok") & (fetch == "ok") & counting & ~np.isin(verify, ["verified", "unverified"]), verify),
     ]
     for name, mask, why in rules:
         stage[mask], reason[mask] = name, why[mask]

@@ -49,6 +49,10 @@ STATUSES = ("verified", "count_mismatch", "no_detections", "skipped", "decode_er
 class VerifyConfig(ConfigBase):
     """How the verify stage detects and counts objects."""
 
+    enabled: bool = True
+    """Verify counting rows with the detector; false keeps every fetched counting row unverified (a
+    naively filtered dataset: the paper's ablation of what verification buys)."""
+
     weights: str = "countworld"
     """Ultralytics detection weights: a local path, an s3:// URI (downloaded once into the cache), or
     "countworld" for the checkpoint shipped in countclip/weights (classes = CountWorld shapes, 128 px).

@@ -33,7 +33,14 @@ from countclip.config import ConfigBase, require
 from countclip.data.captions import CaptionConfig, CaptionFilter, check_columns
 from countclip.data.fetch import FetchConfig
 from countclip.data.shards import ShardConfig, select_rows, write_dataset
-from countclip.data.stages import FetchStage, StageWriter, VerifyStage, tally_report, verifier_scores
+from countclip.data.stages import (
+    FetchStage,
+    StageWriter,
+    VerifyStage,
+    skip_verification,
+    tally_report,
+    verifier_scores,
+)
 from countclip.data.verify import VerifyConfig
 from countclip.environment import ray_init_args
 
@@ -140,7 +147,8 @@ def build_dataset(cfg: BuildConfig, echo=print) -> dict:
     tic = time.perf_counter()
     files, columns, fingerprint = inspect_source(cfg.source)
     check_columns(cfg.captions, columns)  # a schema error stops the job before any work
-    storage.local_copy(cfg.verify.resolved_weights())  # a missing or unreadable model too
+    if cfg.verify.enabled:
+        storage.local_copy(cfg.verify.resolved_weights())  # a missing or unreadable model too
     echo(f"[build] {len(files)} source file(s), {sum(f['rows'] for f in fingerprint['files'])} rows")
     if not ray.is_initialized():
         ray.init(**ray_init_args(cfg.cluster.address, cfg.cluster.local_cpus), log_to_driver=False)
@@ -182,10 +190,13 @@ def _run_pipeline(cfg: BuildConfig, files: list[str], columns: list[str], stagin
     rows = rows.map_batches(FetchStage, fn_constructor_args=(cfg.fetch,), batch_format="numpy",
                             batch_size=c.batch_rows, compute=ActorPoolStrategy(size=c.fetch_actors),
                             num_cpus=c.fetch_cpus, resources=c.fetch_resources or None)
-    rows = rows.map_batches(VerifyStage, fn_constructor_args=(cfg.verify,), batch_format="numpy",
-                            batch_size=c.batch_rows, compute=ActorPoolStrategy(size=c.verify_actors),
-                            num_cpus=c.verify_cpus, num_gpus=c.verify_gpus or None,
-                            resources=c.verify_resources or None)
+    if cfg.verify.enabled:
+        rows = rows.map_batches(VerifyStage, fn_constructor_args=(cfg.verify,), batch_format="numpy",
+                                batch_size=c.batch_rows, compute=ActorPoolStrategy(size=c.verify_actors),
+                                num_cpus=c.verify_cpus, num_gpus=c.verify_gpus or None,
+                                resources=c.verify_resources or None)
+    else:
+        rows = rows.map_batches(skip_verification, batch_format="numpy", batch_size=c.batch_rows)
     rows = rows.map_batches(StageWriter(staging), batch_format="pyarrow", batch_size=c.batch_rows)
     return pa.concat_tables(ray.get(rows.to_arrow_refs()))
 

@@ -39,6 +39,7 @@ from countclip.world.scenes import CaptionStyle
 from countclip.world.sets import zeroshot_by_task, zeroshot_set
 
 VARIANTS = ("base", "control", "countclip")
+NAIVE_VARIANT = "naive"  # present only with ExperimentConfig.naive
 LORA_VARIANTS = ("control_lora", "countclip_lora")  # present only with ExperimentConfig.lora
 
 
@@ -68,6 +69,13 @@ class ExperimentWorldConfig(ConfigBase):
     finetune_dataset: str | None = None
     """A built dataset (``countclip build-dataset``) to fine-tune on instead of generating fine-tuning
     images here; its rows must come from a source written with the same world settings."""
+    naive_dataset: str | None = None
+    """With naive: a dataset built from the same source without the YOLO verification
+    (``verify.enabled=false``); null: the generated fine-tuning rows with miscount_share of their
+    counting captions stating a wrong count."""
+    miscount_share: float = 0.23
+    """Share of counting captions that state a wrong count in the generated naive set (CountWorld's noisy
+    source holds 10 lying rows per 44 counting ones: the share a caption filter alone keeps)."""
 
     def style(self, stage: Literal["pretrain", "finetune"]) -> CaptionStyle:
         numerosity = self.numerosity_words == "all" or (self.numerosity_words == "pretrain" and stage == "pretrain")
@@ -80,6 +88,7 @@ class ExperimentWorldConfig(ConfigBase):
         require(0 < self.counting_share < 1, f"world.counting_share must be in (0, 1), got {self.counting_share}")
         for name in ("pretrain_images", "finetune_images", "benchmark_per_count", "zeroshot_images"):
             require(getattr(self, name) > 0, f"world.{name} must be positive")
+        require(0 <= self.miscount_share < 1, f"world.miscount_share must be in [0, 1), got {self.miscount_share}")
 
 
 def _pretrain_default() -> TrainConfig:
@@ -103,10 +112,17 @@ class ExperimentConfig(ConfigBase):
     device: str = "cpu"
     """Where to train and evaluate: cpu, cuda or cuda:N."""
     model: ModelConfig = field(default_factory=ModelConfig)
-    """Architecture of the small CLIP (random init; pretrained here)."""
+    """Architecture of the small CLIP (its pretrained field is set from base)."""
+    base: str = "countworld"
+    """The pretrained model both copies are fine-tuned from: countworld (the stand-in shipped in
+    countclip/weights, which knows the world's objects and not their counts), a checkpoint path, or
+    scratch (pretrain one here with the pretrain stage: L_clip on count-free captions)."""
+    naive: bool = False
+    """Also fine-tune CountCLIP on the naive set (counting captions kept by the caption filter alone,
+    without YOLO verification: the paper's naive-filtering ablation)."""
     world: ExperimentWorldConfig = field(default_factory=ExperimentWorldConfig)
     pretrain: TrainConfig = field(default_factory=_pretrain_default)
-    """Base-model pretraining (L_clip only, count-free captions; its loss.count_lambda must be 0)."""
+    """Base-model pretraining with base: scratch (L_clip only, count-free captions; loss.count_lambda 0)."""
     finetune: TrainConfig = field(default_factory=_finetune_default)
     """Fine-tuning of both copies; the control runs it with loss.count_lambda = 0."""
     lora: LoraConfig | None = None
@@ -121,6 +137,9 @@ class ExperimentConfig(ConfigBase):
     and write wise_ft.json/.md/.png; empty: skip."""
 
     def __post_init__(self) -> None:
+        require(bool(self.base), "base must be countworld, a checkpoint path or scratch")
+        require(self.model.pretrained is None, "model.pretrained is set from base (countworld, a checkpoint or "
+                "scratch); leave it null")
         require(self.model.lora is None, "model.lora would train the base model's pretraining through adapters "
                 "on random weights; set lora (the experiment's LoRA row) instead")
         require(self.lora_lr is None or self.lora_lr > 0, f"lora_lr must be positive, got {self.lora_lr}")
@@ -143,11 +162,10 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     w = cfg.world
-    echo(f"[world] seed {cfg.seed}: {w.pretrain_images} pretraining, {w.finetune_images} fine-tuning images")
+    scratch = cfg.base == "scratch"
+    echo(f"[world] seed {cfg.seed}: base {cfg.base}" + (f", {w.pretrain_images} pretraining images" if scratch else "")
+         + (f", {w.finetune_images} fine-tuning images" if not w.finetune_dataset else ""))
     # The generated rows go through the same shards and stream as a built dataset does.
-    pretrain_data = str(out / "data" / "pretrain")
-    write_clean_dataset(pretrain_data, cfg.seed * 7919 + 1, w.pretrain_images, w.image_size, 0.0,
-                        style=w.style("pretrain"), same_size=w.same_size, grid=w.grid)
     if w.finetune_dataset:
         finetune_data = w.finetune_dataset
         written = read_manifest(finetune_data)["written"]
@@ -156,6 +174,13 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
         finetune_data = str(out / "data" / "finetune")
         write_clean_dataset(finetune_data, cfg.seed * 7919 + 2, w.finetune_images, w.image_size, w.counting_share,
                             style=w.style("finetune"), same_size=w.same_size, grid=w.grid)
+    naive_data = None
+    if cfg.naive:
+        naive_data = w.naive_dataset or str(out / "data" / "naive")
+        if not w.naive_dataset:  # the same rows, a share of the counting captions miscounted
+            write_clean_dataset(naive_data, cfg.seed * 7919 + 2, w.finetune_images, w.image_size, w.counting_share,
+                                style=w.style("finetune"), same_size=w.same_size, grid=w.grid,
+                                miscount_share=w.miscount_share)
     bench_file = write_benchmark(out / "benchmark", seed=cfg.seed * 7919 + 3, per_count=w.benchmark_per_count,
                                  image_size=w.image_size, same_size=w.same_size, grid=w.grid)
     zs_images, zs_labels = zeroshot_set(cfg.seed * 7919 + 4, w.zeroshot_images, w.image_size, w.same_size, w.grid)
@@ -163,9 +188,14 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
 
     torch.manual_seed(cfg.seed)
     device = cfg.device
-    model, preprocess, tokenizer = create_model(cfg.model, device)
+    model, preprocess, tokenizer = create_model(cfg.model.replace(pretrained=None if scratch else cfg.base), device)
     zs_inputs = preprocess.normalize(zs_images)
-    _train_stage("pretrain", cfg.pretrain.replace(seed=cfg.seed), model, tokenizer, preprocess, pretrain_data, echo, device)
+    if scratch:
+        pretrain_data = str(out / "data" / "pretrain")
+        write_clean_dataset(pretrain_data, cfg.seed * 7919 + 1, w.pretrain_images, w.image_size, 0.0,
+                            style=w.style("pretrain"), same_size=w.same_size, grid=w.grid)
+        _train_stage("pretrain", cfg.pretrain.replace(seed=cfg.seed), model, tokenizer, preprocess, pretrain_data,
+                     echo, device)
     base_path = out / "checkpoints" / "base.pt"
     export_checkpoint(model, base_path)
 
@@ -181,7 +211,8 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
                 "macro_f1": report.macro_f1, "scored": report.scored, "missing": report.missing}
 
     results: dict[str, dict] = {}
-    variants = list(VARIANTS) + ([v for v in LORA_VARIANTS if cfg.lora_control or v == "countclip_lora"] if cfg.lora else [])
+    variants = list(VARIANTS) + ([NAIVE_VARIANT] if cfg.naive else [])
+    variants += [v for v in LORA_VARIANTS if cfg.lora_control or v == "countclip_lora"] if cfg.lora else []
     for name in variants:
         if name != "base":
             lora = cfg.lora if name.endswith("_lora") else None
@@ -192,7 +223,8 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
             if lora is not None and cfg.lora_lr is not None:
                 ft = ft.replace(optim=ft.optim.replace(lr=cfg.lora_lr))
             trainable, total = trainable_parameters(model)
-            result = _train_stage(name, ft, model, tokenizer, preprocess, finetune_data, echo, device)
+            data = naive_data if name == NAIVE_VARIANT else finetune_data
+            result = _train_stage(name, ft, model, tokenizer, preprocess, data, echo, device)
             export_checkpoint(model, out / "checkpoints" / f"{name}.pt")
         results[name] = evaluate(model, name)
         if name != "base":
@@ -208,6 +240,8 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
     report = {"seed": cfg.seed, "seconds": round(time.perf_counter() - t0, 1), **results,
               "gain_over_control": results["countclip"]["count_accuracy"] - results["control"]["count_accuracy"],
               "config": cfg.to_dict()}
+    if NAIVE_VARIANT in results:  # what the verify stage buys
+        report["verification_gain"] = results["countclip"]["count_accuracy"] - results[NAIVE_VARIANT]["count_accuracy"]
     if "countclip_lora" in results:
         report["lora_gain_over_control"] = results["countclip_lora"]["count_accuracy"] - results["control"]["count_accuracy"]
     if "control_lora" in results:
@@ -244,12 +278,14 @@ def _train_stage(name: str, cfg: TrainConfig, model, tokenizer, preprocess: Imag
 
 def format_table(report: dict) -> str:
     lines = [f"{'model':<14} {'count acc':>9} {'zero-shot':>9}   per-count accuracy 2..10"]
-    for name in (n for n in VARIANTS + LORA_VARIANTS if n in report):
+    for name in (n for n in (*VARIANTS, NAIVE_VARIANT, *LORA_VARIANTS) if n in report):
         r = report[name]
         per = " ".join(f"{r['per_count_accuracy'].get(str(c), 0):.2f}" for c in range(2, 11))
         lines.append(f"{name:<14} {r['count_accuracy']:>9.1%} {r['zeroshot_accuracy']:>9.1%}   {per}")
     lines.append(f"CountCLIP - control: {report['gain_over_control'] * 100:+.1f} points of counting accuracy "
                  f"({report['seconds']:.0f}s)")
+    if "verification_gain" in report:
+        lines.append(f"CountCLIP - naive (no count verification): {report['verification_gain'] * 100:+.1f} points")
     if "lora_gain_over_control" in report:
         trainable = report["countclip_lora"]["trainable_parameters"] / report["countclip"]["trainable_parameters"]
         lines.append(f"CountCLIP (LoRA, {trainable:.2%} of the parameters trained) - control: "

@@ -121,18 +121,25 @@ def write_source(folder: str | Path, seed: int, rows: int, image_size: int = 128
 
 def write_clean_dataset(output: str, seed: int, rows: int, image_size: int = 64, counting_share: float = 0.4,
                         rows_per_shard: int = 2000, *, style: CaptionStyle | None = None, same_size: bool = True,
-                        grid: int | None = None, image_format: str = "png") -> dict:
+                        grid: int | None = None, image_format: str = "png", miscount_share: float = 0.0) -> dict:
     """A training dataset straight from CountWorld's ground truth (no fetch, no verification): the
     same shards and manifest the build writes, for the experiment, tests and quick training runs.
-    image_format: png (lossless: the pixels rendered) or jpeg (quality 90, as the build's fetch writes)."""
-    records = []
+    image_format: png (lossless: the pixels rendered) or jpeg (quality 90, as the build's fetch writes).
+    miscount_share: that share of the counting captions states another count (drawn apart from the
+    rows, so the same seed gives the same scenes with and without it): a naively filtered set."""
+    records, lies = [], np.random.default_rng((seed, 17))
     for i, row in enumerate(sample_rows(seed, rows, counting_share, style, same_size, grid)):
+        text, stated = row.caption, row.count
+        if stated and miscount_share and lies.random() < miscount_share:
+            stated = int(lies.choice([n for n in COUNTS if n != row.count]))
+            text = caption_variants(row.caption, row.count)[stated]
         records.append({
-            "sample_id": f"cw{seed}-{i:07d}", "url": "", "caption": row.caption, "caption_count": row.count,
+            "sample_id": f"cw{seed}-{i:07d}", "url": "", "caption": text, "caption_count": stated,
             "noun": "", "kind": "counting" if row.count else "non_counting", "detected_count": row.scene.count,
             "image": encode(render(row.scene, image_size), image_format), "image_width": image_size,
             "image_height": image_size,
         })
     table = pa.Table.from_pylist(records, schema=SHARD_SCHEMA)
-    manifest = {"rows_in": rows, "rows_rejected": 0, "rejects": {}, "source": {"countworld_seed": seed}}
+    manifest = {"rows_in": rows, "rows_rejected": 0, "rejects": {},
+                "source": {"countworld_seed": seed, "miscount_share": miscount_share}}
     return write_dataset(output, table, manifest, ShardConfig(rows_per_shard=rows_per_shard))

@@ -1,5 +1,6 @@
 """countclip.data.stages: every row's fate and the reconciliation of rows in = written + rejected."""
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -32,3 +33,16 @@ def test_writer_stages_kept_rows_and_tallies_reconcile(tmp_path):
     assert report["rejects"] == {"captions": {"no_caption": 7}, "fetch": {"http_404": 1}, "verify": {"count_mismatch": 1},
                                  "balance": {"over_count_cap": 1}}
     assert report["rows_rejected"] == 10 and report["per_count_verified"]["3"] == 1
+
+
+def test_without_verification_every_fetched_counting_row_is_written():
+    from countclip.data.stages import skip_verification
+
+    rows = _rows().to_pydict()
+    batch = {k: np.array(v, dtype=object) for k, v in rows.items()
+             if k not in ("detected_count", "verify_status", "verify_node")}
+    out = skip_verification(batch)
+    assert set(out["verify_status"]) == {"unverified"} and (out["detected_count"] == -1).all()
+    table = pa.table({**{k: v.tolist() for k, v in out.items() if k not in ("image",)}, "image": rows["image"]})
+    stage, reason = final_status(table)
+    assert list(stage) == ["written", "written", "written", "fetch", "captions"]  # b's miscount is kept

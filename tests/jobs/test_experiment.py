@@ -12,7 +12,7 @@ from countclip.jobs.experiment import ExperimentConfig
 TINY = [
     "pretrain.steps=4", "pretrain.batch_size=32", "finetune.steps=4", "finetune.batch_size=20",
     "world.pretrain_images=200", "world.finetune_images=200", "world.benchmark_per_count=3",
-    "world.zeroshot_images=40", "threads=1",
+    "world.zeroshot_images=40", "threads=1", "base=scratch",
 ]
 
 
@@ -47,6 +47,23 @@ def test_experiment_writes_report_pngs_and_stock_loadable_checkpoints(tmp_path):
     register_architectures()
     model, _, _ = open_clip.create_model_and_transforms("countclip-tiny", pretrained=str(out / "checkpoints/countclip.pt"))
     assert model.logit_scale.shape == torch.Size([])
+
+
+def test_naive_variant_fine_tunes_on_miscounted_captions(tmp_path):
+    """naive=true adds CountCLIP fine-tuned on the generated set with a share of its counting captions
+    miscounted (the same scenes), and reports what verification buys."""
+    from countclip.data.shards import read_manifest
+
+    out = tmp_path / "naive"
+    proc = run_cli("experiment", "--out", str(out), *TINY, "naive=true", "world.miscount_share=0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["verification_gain"] == pytest.approx(report["countclip"]["count_accuracy"]
+                                                        - report["naive"]["count_accuracy"])
+    assert "CountCLIP - naive (no count verification)" in proc.stdout
+    clean, naive = (read_manifest(str(out / "data" / name)) for name in ("finetune", "naive"))
+    assert clean["written"] == naive["written"]  # the same rows, only captions differ
+    assert clean["per_count_written"] != naive["per_count_written"]
 
 
 
