@@ -6,9 +6,12 @@ whole-dataset decode, at two dataset sizes.
 For each size it builds (or reuses) CountWorld shards in the layout the build writes (JPEG, longest side
 384) and measures, in the same run:
 - the stream: a Ray Train TorchTrainer with one worker on a local Ray with this machine's CPUs, whose
-  step only consumes the batch: ``TrainingStream`` (Ray Data decode tasks) + ``BatchBuilder`` (normalise,
-  tokenise, counterfactuals), as the train job runs them. peak_rss_mib is the training worker's,
+  step only consumes the batch: ``TrainingStream`` (Ray Data decode tasks: decode and the model's
+  preprocess) as the train job runs it. peak_rss_mib is the training worker's (with its anonymous and
+  shared-memory parts at the end: the object store's pages count once the worker reads them),
   first_step_s from the trainer's start to the first batch in hand, samples_per_s from step 10 on;
+  with --with-builder the step also runs ``BatchBuilder`` (normalise, tokenise, draw counterfactuals:
+  the work a training step does on its own CPU, on the GPU's host);
 - the old path (a faithful copy of the removed ``load_training_set``: every row decoded in one thread
   into one array before step 1), in a fresh process: its peak RSS and time to the first step;
 - bare_decode_samples_per_s: a multiprocessing pool on the same cores reading the same shard bytes and
@@ -60,10 +63,12 @@ def stream_worker(config: dict) -> None:
     stream = TrainingStream.for_training(config["dataset"], cfg, preprocess, backend="ray")
     builder = BatchBuilder(open_clip.get_tokenizer("ViT-B-32"), preprocess, cfg.loss.counterfactuals, cfg.seed)
     first = None
-    times = []
+    times, pixels = [], []
     for step, rows in enumerate(stream.steps(0, cfg.steps)):
-        batch = builder(rows, step)
-        assert batch.images.shape[0] == cfg.batch_size
+        assert rows.images.shape[0] == cfg.batch_size
+        pixels.append(float(rows.images[:, ::16, ::16].mean()))  # the step reads the batch
+        if config["with_builder"]:
+            builder(rows, step)
         now = time.time()
         first = first or now
         times.append(now)
@@ -71,11 +76,16 @@ def stream_worker(config: dict) -> None:
     # Train V2 keeps only metrics reported with a checkpoint: the figures go to a file instead.
     Path(config["out"]).write_text(json.dumps({
         "first_step_s": first - config["start"], "samples_per_s": (len(warm) - 1) * cfg.batch_size / (warm[-1] - warm[0]),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "mean_pixel": float(np.mean(batch.images.numpy())), "node": ray.get_runtime_context().get_node_id()}))
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **_rss_parts(),
+        "mean_pixel": float(np.mean(pixels)), "node": ray.get_runtime_context().get_node_id()}))
 
 
-def run_stream(dataset: str, size: int, steps: int, batch: int, decode_cpus: float) -> dict:
+def _rss_parts() -> dict:
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {f"{name.lower()}_mib": int(fields[name].split()[0]) / 1024 for name in ("RssAnon", "RssShmem") if name in fields}
+
+
+def run_stream(dataset: str, size: int, steps: int, batch: int, decode_cpus: float, with_builder: bool) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -89,7 +99,7 @@ def run_stream(dataset: str, size: int, steps: int, batch: int, decode_cpus: flo
     trainer = TorchTrainer(
         stream_worker,
         train_loop_config={"train": train.to_dict(), "dataset": dataset, "size": size, "start": time.time(),
-                           "out": str(out)},
+                           "out": str(out), "with_builder": with_builder},
         scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.05}),
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(name="ingest", storage_path=storage),
@@ -155,10 +165,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[4000, 16000])
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--decode-cpus", type=float, default=0.9,
                         help="CPUs each decode task reserves (0.9: two tasks beside the consuming worker on 2 CPUs)")
+    parser.add_argument("--with-builder", action="store_true", help="the step also builds the Batch (normalise, tokenise)")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "countclip-ingest-bench"))
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -172,10 +183,12 @@ def main() -> None:
     cpus = os.cpu_count() or 1
     datasets = {n: dataset_for(n, cache) for n in args.rows}
     results = {"image_size": args.image_size, "batch": args.batch, "steps": args.steps, "cpus": cpus,
+               "with_builder": args.with_builder,
                "decode_cpus": args.decode_cpus, "runs": [], "old_path": []}
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     for n, dataset in datasets.items():
-        run = {"rows": n, **run_stream(dataset, args.image_size, args.steps, args.batch, args.decode_cpus)}
+        run = {"rows": n, **run_stream(dataset, args.image_size, args.steps, args.batch, args.decode_cpus,
+                                       args.with_builder)}
         results["runs"].append(run)
         print(json.dumps(run), flush=True)
     ray.shutdown()
