@@ -5,6 +5,7 @@
     countclip train          --config FILE [field.sub=value ...]
     countclip evaluate       --config FILE [field.sub=value ...]
     countclip config JOB     the job's full default config as YAML, each field's docstring as a comment
+    countclip export CHECKPOINT --arch countclip-tiny --out DIR   the open_clip folder (local-dir:DIR)
     countclip count IMAGE... --noun dogs --model CHECKPOINT|models:/name@alias [--arch countclip-tiny]
     countclip retrieve FOLDER --query "three dogs" --model ... [--top 5]
     countclip world make-source --out DIR [--rows N] [--seed N]
@@ -33,7 +34,8 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint (local or s3://) or models:/name@alias")
+    parser.add_argument("--model", required=True,
+                        help="checkpoint (local or s3://), local-dir:DIR or hf-hub:NAME folder, or models:/name@alias")
     parser.add_argument("--arch", default="countclip-tiny", help="open_clip architecture of a checkpoint")
 
 
@@ -71,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument("--top", type=int, default=5)
     _add_model_args(retrieve)
     retrieve.set_defaults(run=_retrieve)
+
+    export = commands.add_parser("export", help="write a checkpoint as an open_clip folder (loads as local-dir:DIR)")
+    export.add_argument("checkpoint", help="checkpoint file (local or s3://), pretrained tag, or local-dir:/hf-hub: folder")
+    export.add_argument("--arch", default="countclip-tiny", help="open_clip architecture of the checkpoint")
+    export.add_argument("--out", required=True, help="folder to write (replaced whole if it exists), or s3:// prefix")
+    export.set_defaults(run=_export)
 
     config = commands.add_parser("config", help="print a job's default config as YAML, with each field's docstring")
     config.add_argument("job", choices=JOBS)
@@ -176,6 +184,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     cfg = EvalJobConfig.load(args.config, list(args.overrides))
     run_evaluation(cfg, echo=lambda line: print(line, flush=True))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from countclip.export import export_folder
+
+    out = export_folder(args.checkpoint, args.arch, args.out)
+    print(f"open_clip folder: {out} (open_clip.create_model_and_transforms('local-dir:{out}'))")
     return 0
 
 
