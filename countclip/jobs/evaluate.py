@@ -28,8 +28,9 @@ from countclip.evaluate import (
     save_confusion_png,
     zeroshot_imagefolder,
 )
+from countclip.export import model_config, write_open_clip_folder
 from countclip.images import normalize
-from countclip.model import ModelConfig, create_model, image_size, preprocess_config
+from countclip.model import ModelConfig, create_model, image_size, open_clip_name, preprocess_config
 from countclip.numbers import parse_caption
 from countclip.tracking import TrackingConfig
 from countclip.world.files import png_bytes
@@ -73,7 +74,8 @@ class EvalJobConfig(ConfigBase):
     retrieval_k: int = 10
     """k of recall@k and count precision@k over the benchmark images."""
     output: str = "runs/eval"
-    """Report, confusion matrix PNG."""
+    """Report, confusion matrix PNG, and the model as an open_clip folder (open_clip/, with a model card
+    holding these figures; it loads as local-dir:<output>/open_clip)."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
 
@@ -167,7 +169,14 @@ def run_evaluation(cfg: EvalJobConfig, echo=print) -> dict:
                "images_scored": float(report.scored), "images_missing": float(report.missing)}
     storage.write_text(out / "report.json", json.dumps(results | {"metrics": metrics}, indent=1))
     results["metrics"] = metrics
-    results["registry"] = _log_and_register(cfg, metrics, out, echo)
+    folder = None
+    if not tracking.is_model_uri(cfg.model.pretrained):  # a registered model already carries its folder
+        name = open_clip_name(cfg.model)
+        folder = write_open_clip_folder(model, out / "open_clip", model_config(name), cfg.model.arch,
+                                        {k: v for k, v in metrics.items() if not k.startswith("images_")},
+                                        source=cfg.model.pretrained)
+        results["open_clip_folder"] = folder
+    results["registry"] = _log_and_register(cfg, metrics, out, folder, echo)
     results["seconds"] = round(time.perf_counter() - tic, 1)
     return results
 
@@ -185,17 +194,16 @@ def _retrieval_set(entries: list[dict], root: Path, preprocess):
     return images, np.array(counts), nouns
 
 
-def _log_and_register(cfg: EvalJobConfig, metrics: dict, out: Path, echo) -> dict:
+def _log_and_register(cfg: EvalJobConfig, metrics: dict, out: Path, folder: str | None, echo) -> dict:
     if not cfg.tracking.enabled:
         return {}
-    checkpoint = None if tracking.is_model_uri(cfg.model.pretrained) else storage.local_copy(cfg.model.pretrained)
     run_id = tracking.start_run(cfg.tracking, "evaluate", cfg.to_dict(), {"report.json": (out / "report.json").read_text()})
     tracking.log_metric_rows(cfg.tracking, run_id, [{"step": 0, **metrics}])
     tracking.log_file(cfg.tracking, run_id, out / "confusion.png")
     decision = {"run_id": run_id}
-    if checkpoint is not None:
+    if folder is not None:
         example = png_bytes(render(sample_scene(np.random.default_rng(0), 3), 64))
-        model_uri = tracking.log_count_model(cfg.tracking, run_id, checkpoint, cfg.model.arch, example)
+        model_uri = tracking.log_count_model(cfg.tracking, run_id, folder, example)
         decision["model_uri"] = model_uri
         if cfg.register.name:
             decision |= tracking.register_and_promote(cfg.tracking, model_uri, cfg.register.name, metrics,

@@ -23,3 +23,16 @@ def test_bad_inputs_register_nothing(bench, checkpoints, tmp_path):
     assert client.search_registered_models() == []
 
 
+
+
+def test_the_evaluated_model_is_written_as_an_open_clip_folder_with_its_figures(bench, checkpoints, tmp_path):
+    import open_clip
+
+    result = run_evaluation(eval_config(bench, checkpoints / "a.pt", "sqlite:///unused.db", tmp_path,
+                                        "tracking.enabled=false"))
+    folder = tmp_path / "eval" / "open_clip"
+    assert result["open_clip_folder"] == str(folder)
+    card = (folder / "README.md").read_text()
+    assert f"| count_accuracy | {result['metrics']['count_accuracy']:.4f} |" in card and "zeroshot_accuracy" in card
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    assert sum(p.numel() for p in model.parameters()) > 0
