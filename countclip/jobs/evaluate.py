@@ -27,6 +27,7 @@ from countclip.evaluate import (
     retrieval_metrics,
     save_confusion_png,
     zeroshot_imagefolder,
+    zeroshot_wds,
 )
 from countclip.export import model_config, write_open_clip_folder
 from countclip.images import normalize
@@ -71,6 +72,9 @@ class EvalJobConfig(ConfigBase):
     """Zero-shot accuracy on CountWorld's classes (shape, colour, background)."""
     zeroshot_folders: list[str] = field(default_factory=list)
     """ImageFolder-style datasets (e.g. a CIFAR-10 or ImageNet validation folder) for zero-shot accuracy."""
+    zeroshot_wds: list[str] = field(default_factory=list)
+    """Classification sets in CLIP_benchmark's webdataset layout (a wds/<name> folder: test/*.tar,
+    classnames.txt, zeroshot_classification_templates.txt), scored on their own classes and templates."""
     retrieval_k: int = 10
     """k of recall@k and count precision@k over the benchmark images."""
     output: str = "runs/eval"
@@ -152,6 +156,8 @@ def run_evaluation(cfg: EvalJobConfig, echo=print) -> dict:
         zeroshot |= {f"countworld_{k}": v for k, v in zeroshot_by_task(model, tokenizer, inputs, labels, "cpu").items()}
     for folder in cfg.zeroshot_folders:
         zeroshot[f"folder_{Path(folder).name}"] = zeroshot_imagefolder(model, tokenizer, preprocess, folder)["accuracy"]
+    for folder in cfg.zeroshot_wds:
+        zeroshot[f"wds_{Path(folder).name}"] = zeroshot_wds(model, tokenizer, preprocess, folder)["accuracy"]
     results["zeroshot"] = zeroshot
     zeroshot_mean = float(np.mean(list(zeroshot.values()))) if zeroshot else float("nan")
     echo("[eval] zero-shot: " + ", ".join(f"{k} {v:.1%}" for k, v in zeroshot.items()))
