@@ -1,7 +1,7 @@
 """The ``countclip`` command. Thin: parse the config, call the job or the library.
 
     countclip experiment     [--config FILE] [--seed N] [--out DIR] [field.sub=value ...]
-    countclip build-dataset  --config FILE [field.sub=value ...]
+    countclip build-dataset  --config FILE [--ray-progress] [field.sub=value ...]
     countclip train          --config FILE [field.sub=value ...]
     countclip evaluate       --config FILE [field.sub=value ...]
     countclip config JOB     the job's full default config as YAML, each field's docstring as a comment
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("build-dataset", help="build the verified counting dataset on Ray Data")
     _add_config_args(build)
+    build.add_argument("--ray-progress", action="store_true",
+                       help="show Ray Data's own progress bars and INFO log (default: one [build] progress line)")
     build.set_defaults(run=_build_dataset)
 
     train = commands.add_parser("train", help="fine-tune with L_clip + lambda L_count on Ray Train (FSDP)")
@@ -164,9 +166,11 @@ def _experiment(args: argparse.Namespace) -> int:
 
 
 def _build_dataset(args: argparse.Namespace) -> int:
+    from countclip.environment import configure_ray_data_output
     from countclip.jobs.build_dataset import BuildConfig, build_dataset
 
     cfg = BuildConfig.load(args.config, list(args.overrides))
+    configure_ray_data_output(progress=args.ray_progress)
     build_dataset(cfg, echo=lambda line: print(line, flush=True))
     return 0
 

@@ -7,6 +7,7 @@ download pretrained weights from the hub on a cluster that has the internet.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -58,4 +59,24 @@ def ray_init_args(address: str | None, local_cpus: int | None) -> dict:
     else start a private local instance bound to 127.0.0.1."""
     if address or os.environ.get("RAY_ADDRESS"):
         return {"address": address}
+    # Token auth is Ray 2.60's default for a local instance; naming it spares the notice Ray prints
+    # when it picks the default itself. A user's own RAY_AUTH_MODE wins.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     return {"num_cpus": local_cpus, "include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+
+
+def configure_ray_data_output(progress: bool) -> None:
+    """What Ray Data prints in this process. ``progress=False`` (the CLI's default): no progress bars,
+    whose non-terminal form dumps every operator's state into the log every few seconds, and only
+    warnings and errors of Ray Data's logger on the console (its INFO lines, progress included, still
+    go to the session's logs/ray-data/ray-data.log). ``progress=True``: Ray Data's own defaults."""
+    from ray.data import DataContext
+    from ray.data._internal.logging import SessionFileHandler
+
+    DataContext.get_current().enable_progress_bars = progress
+    level = logging.NOTSET if progress else logging.WARNING
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, SessionFileHandler):  # the console handler; the log file keeps everything
+            handler.setLevel(level)
+    # With the bars off on purpose, Ray Data's one-time notice that they are off says nothing new.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.NOTSET if progress else logging.ERROR)

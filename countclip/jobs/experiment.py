@@ -25,6 +25,7 @@ from countclip.data.loader import TrainingSet, load_training_set
 from countclip.evaluate import evaluate_countbench, save_confusion_png
 from countclip.images import normalize
 from countclip.model import ModelConfig, create_model, export_checkpoint, preprocess_config
+from countclip.progress import Progress
 from countclip.train import LossConfig, OptimConfig, TrainConfig, train
 from countclip.world.files import write_benchmark
 from countclip.world.scenes import CaptionStyle
@@ -171,13 +172,14 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
 
 
 def _train_stage(name: str, cfg: TrainConfig, model, tokenizer, data: TrainingSet, echo, device="cpu"):
+    progress = Progress(f"[{name}]", cfg.steps, "steps", echo)
+
     def log(step: int, row: dict[str, float]) -> None:
         terms = " ".join(f"{k}={row[k]:.3f}" for k in ("clip_loss", "count_loss") if k in row)
-        echo(f"[{name}] step {step}/{cfg.steps} {terms} {row['samples_per_s']:.0f} samples/s")
+        progress.update(step, f"{terms}, {row['samples_per_s']:.0f} samples/s")
 
-    tic = time.perf_counter()
     result = train(cfg, model, tokenizer, data, log=log, device=device)
-    echo(f"[{name}] done in {time.perf_counter() - tic:.0f}s")
+    progress.close()
     return result
 
 

@@ -44,6 +44,7 @@ from countclip.model import (
     open_clip_name,
     resolve_pretrained,
 )
+from countclip.progress import Progress
 from countclip.tracking import TrackingConfig
 from countclip.train import TrainConfig, train
 
@@ -228,10 +229,12 @@ def worker_main(config: dict) -> None:
             published = max(published, step)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
 
+    progress = Progress("[train]", cfg.train.steps, "steps", lambda line: print(line, flush=True))
+
     def log(step: int, row: dict[str, float]) -> None:
         if rank == 0:
             terms = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.endswith("loss"))
-            print(f"[train] step {step}/{cfg.train.steps} {terms} {row['samples_per_s']:.0f} samples/s", flush=True)
+            progress.update(step, f"{terms}, {row['samples_per_s']:.0f} samples/s")
 
     resume = ray.train.get_checkpoint()
     local_root = Path(tempfile.mkdtemp(prefix=f"countclip-{cfg.name}-rank{rank}-"))
