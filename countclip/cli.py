@@ -9,6 +9,7 @@
     countclip count IMAGE... --noun dogs --model CHECKPOINT|models:/name@alias [--arch countclip-tiny]
     countclip retrieve FOLDER --query "three dogs" --model ... [--top 5]
     countclip world make-source --out DIR [--rows N] [--seed N]
+    countclip world make-zeroshot --out DIR [--images N] [--seed N]   CLIP_benchmark's wds/ layout
     countclip world train-verifier --out DIR [--epochs N] [--images N] [--seed N]
 
 Each command imports what it runs inside its own function: the jobs pull in Ray, torch and MLflow
@@ -101,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--seed", type=int, default=0)
     clean.add_argument("--image-size", type=int, default=64)
     clean.set_defaults(run=_make_clean_dataset)
+    zeroshot = world_commands.add_parser("make-zeroshot", help="write the zero-shot tasks in CLIP_benchmark's webdataset layout")
+    zeroshot.add_argument("--out", required=True, help="root folder: the tasks go to OUT/wds/countworld_<task>/")
+    zeroshot.add_argument("--images", type=int, default=400)
+    zeroshot.add_argument("--seed", type=int, default=12345, help="12345: the images countclip evaluate scores")
+    zeroshot.add_argument("--image-size", type=int, default=64)
+    zeroshot.set_defaults(run=_make_zeroshot)
     verifier = world_commands.add_parser("train-verifier", help="train the small YOLO that counts CountWorld objects")
     verifier.add_argument("--out", required=True)
     verifier.add_argument("--seed", type=int, default=0)
@@ -242,6 +249,14 @@ def _make_source(args: argparse.Namespace) -> int:
 
     paths = write_source(args.out, seed=args.seed, rows=args.rows, image_size=args.image_size, grid=args.grid)
     print(f"source: {paths['source']}\nground truth: {paths['truth']}")
+    return 0
+
+
+def _make_zeroshot(args: argparse.Namespace) -> int:
+    from countclip.world.files import write_zeroshot_wds
+
+    names = write_zeroshot_wds(args.out, seed=args.seed, n=args.images, image_size=args.image_size, same_size=True)
+    print(f"zero-shot tasks: {' '.join(names)} (clip_benchmark eval --dataset_root '{args.out}/wds/{{dataset}}')")
     return 0
 
 

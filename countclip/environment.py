@@ -59,9 +59,6 @@ def ray_init_args(address: str | None, local_cpus: int | None) -> dict:
     else start a private local instance bound to 127.0.0.1."""
     if address or os.environ.get("RAY_ADDRESS"):
         return {"address": address}
-    # Token auth is Ray 2.60's default for a local instance; naming it spares the notice Ray prints
-    # when it picks the default itself. A user's own RAY_AUTH_MODE wins.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     return {"num_cpus": local_cpus, "include_dashboard": False, "_node_ip_address": "127.0.0.1"}
 
 
