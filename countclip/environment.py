@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def configure_environment(cache_dir: str | Path | None = None, *, offline: bool 
         "MPLCONFIGDIR": str(cache / "matplotlib"),
         "COUNTCLIP_CACHE": str(cache),
     }
+    if not sys.stderr.isatty():  # in a log, MLflow's artifact download bar is carriage-return noise
+        switches["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     for key, value in switches.items():
         os.environ.setdefault(key, value)
     for key in ("YOLO_CONFIG_DIR", "MPLCONFIGDIR"):

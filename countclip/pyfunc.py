@@ -1,7 +1,8 @@
 """The MLflow pyfunc flavour of the counting model (kept apart so `countclip count` never imports MLflow).
 
-Logged by ``tracking.log_count_model`` with the model's open_clip folder (``countclip.export``) as its
-artifact; a process with only MLflow and this package installed loads it with stock
+Logged by ``tracking.log_count_model`` as MLflow's "model from code" (this file is copied into the
+model and run at load, so no pickled object travels), with the model's open_clip folder
+(``countclip.export``) as its artifact; a process with only MLflow and this package installed loads it with stock
 ``mlflow.pyfunc.load_model("models:/countclip@champion")``, and ``mlflow models serve`` serves it
 over REST. Bad input (an unreadable image, an empty or missing noun) is refused with an
 ``INVALID_PARAMETER_VALUE`` MlflowException, which the scoring server answers with HTTP 400 and the
@@ -55,3 +56,7 @@ class CountClipPyfunc(mlflow.pyfunc.PythonModel):
                 rows.append({"index": index, "count": result["count"], "confidence": result["confidence"],
                              **{f"prob_{c}": p for c, p in result["probabilities"].items()}})
         return pd.DataFrame(rows).set_index("index").loc[model_input.index].reset_index(drop=True)
+
+
+if __name__ != "countclip.pyfunc":  # MLflow runs this file as the model's code, under a module name of its own
+    mlflow.models.set_model(CountClipPyfunc())
