@@ -33,11 +33,12 @@ def test_mlflow_models_serve_counts_like_the_cli_and_refuses_bad_input(bench, ch
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run_evaluation(eval_config(bench, checkpoints / "a.pt", tracking_uri, tmp_path))
     assert result["registry"]["promoted"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    venv_bin = str(Path(sys.executable).parent)  # `mlflow models serve` runs uvicorn from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{venv_bin}:{os.environ['PATH']}"}
     port = free_port()
     log = open(tmp_path / "serve.log", "w")
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/countclip@champion",
+        [f"{venv_bin}/mlflow", "models", "serve", "-m", "models:/countclip@champion",
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
