@@ -58,7 +58,7 @@ class Progress:
                 sys.stdout.write("\r\033[K" + self.line(note))
                 sys.stdout.flush()
                 self.last_draw = now
-        elif any(before < mark <= self.done for mark in self.marks):
+        elif self.done < self.total and any(before < mark <= self.done for mark in self.marks):
             self.echo(self.line(note))
         if self.done >= self.total:
             self.close(note)

@@ -15,6 +15,15 @@ def test_a_log_gets_one_line_per_quarter_and_a_final_one():
     assert lines[-1].startswith("[stage] 100/100 steps (100%) in ") and "ETA" not in lines[-1]
 
 
+def test_the_last_update_crossing_a_quarter_prints_one_final_line():
+    lines = []
+    progress = Progress("[x]", 40, "steps", lines.append, interactive=False)
+    progress.update(25)
+    progress.update(40)
+    progress.close()
+    assert [line.split(" (")[0] for line in lines] == ["[x] 25/40 steps", "[x] 40/40 steps"]
+
+
 def test_a_stage_that_stops_early_still_ends_its_line():
     lines = []
     progress = Progress("[build]", 1000, "rows", lines.append, interactive=False)
