@@ -19,6 +19,7 @@ TELEMETRY_OFF = {
     "DO_NOT_TRACK": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "YOLO_OFFLINE": "1",  # ultralytics: no version check, no GitHub asset look-ups
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # MLflow's INFO chatter (schema migrations, input checks); its warnings stay
 }
 HUB_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
