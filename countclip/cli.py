@@ -1,14 +1,16 @@
 """The ``countclip`` command. Thin: parse the config, call the job or the library.
 
     countclip experiment     [--config FILE] [--seed N] [--out DIR] [field.sub=value ...]
-    countclip build-dataset  --config FILE [field.sub=value ...]
+    countclip build-dataset  --config FILE [--ray-progress] [field.sub=value ...]
     countclip train          --config FILE [field.sub=value ...]
     countclip evaluate       --config FILE [field.sub=value ...]
     countclip wise-ft        --base B --finetuned F [--alpha 0,0.25,0.5,0.75,1] [--out DIR] [field.sub=value ...]
     countclip config JOB     the job's full default config as YAML, each field's docstring as a comment
+    countclip export CHECKPOINT --arch countclip-tiny --out DIR   the open_clip folder (local-dir:DIR)
     countclip count IMAGE... --noun dogs --model CHECKPOINT|models:/name@alias [--arch countclip-tiny]
     countclip retrieve FOLDER --query "three dogs" --model ... [--top 5]
     countclip world make-source --out DIR [--rows N] [--seed N]
+    countclip world make-zeroshot --out DIR [--images N] [--seed N]   CLIP_benchmark's wds/ layout
     countclip world train-verifier --out DIR [--epochs N] [--images N] [--seed N]
     countclip world pretrain-base --out DIR [--seed N] [--threads N] [recipe_field=value ...]
 
@@ -35,7 +37,8 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint (local or s3://) or models:/name@alias")
+    parser.add_argument("--model", required=True,
+                        help="checkpoint (local or s3://), local-dir:DIR or hf-hub:NAME folder, or models:/name@alias")
     parser.add_argument("--arch", default="countclip-tiny", help="open_clip architecture of a checkpoint")
 
 
@@ -52,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("build-dataset", help="build the verified counting dataset on Ray Data")
     _add_config_args(build)
+    build.add_argument("--ray-progress", action="store_true",
+                       help="show Ray Data's own progress bars and INFO log (default: one [build] progress line)")
     build.set_defaults(run=_build_dataset)
 
     train = commands.add_parser("train", help="fine-tune with L_clip + lambda L_count on Ray Train (FSDP)")
@@ -84,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(retrieve)
     retrieve.set_defaults(run=_retrieve)
 
+    export = commands.add_parser("export", help="write a checkpoint as an open_clip folder (loads as local-dir:DIR)")
+    export.add_argument("checkpoint", help="checkpoint file (local or s3://), pretrained tag, or local-dir:/hf-hub: folder")
+    export.add_argument("--arch", default="countclip-tiny", help="open_clip architecture of the checkpoint")
+    export.add_argument("--out", required=True, help="folder to write (replaced whole if it exists), or s3:// prefix")
+    export.set_defaults(run=_export)
+
     config = commands.add_parser("config", help="print a job's default config as YAML, with each field's docstring")
     config.add_argument("job", choices=JOBS)
     config.set_defaults(run=_config)
@@ -103,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--seed", type=int, default=0)
     clean.add_argument("--image-size", type=int, default=64)
     clean.set_defaults(run=_make_clean_dataset)
+    zeroshot = world_commands.add_parser("make-zeroshot", help="write the zero-shot tasks in CLIP_benchmark's webdataset layout")
+    zeroshot.add_argument("--out", required=True, help="root folder: the tasks go to OUT/wds/countworld_<task>/")
+    zeroshot.add_argument("--images", type=int, default=400)
+    zeroshot.add_argument("--seed", type=int, default=12345, help="12345: the images countclip evaluate scores")
+    zeroshot.add_argument("--image-size", type=int, default=64)
+    zeroshot.set_defaults(run=_make_zeroshot)
     verifier = world_commands.add_parser("train-verifier", help="train the small YOLO that counts CountWorld objects")
     verifier.add_argument("--out", required=True)
     verifier.add_argument("--seed", type=int, default=0)
@@ -178,9 +195,11 @@ def _experiment(args: argparse.Namespace) -> int:
 
 
 def _build_dataset(args: argparse.Namespace) -> int:
+    from countclip.environment import configure_ray_data_output
     from countclip.jobs.build_dataset import BuildConfig, build_dataset
 
     cfg = BuildConfig.load(args.config, list(args.overrides))
+    configure_ray_data_output(progress=args.ray_progress)
     build_dataset(cfg, echo=lambda line: print(line, flush=True))
     return 0
 
@@ -211,6 +230,14 @@ def _wise_ft(args: argparse.Namespace) -> int:
     overrides += [f"alphas={parse_alphas(args.alpha)}"] if args.alpha is not None else []
     cfg = WiseFTConfig.load(args.config, overrides)
     run_wise_ft(cfg, echo=lambda line: print(line, flush=True))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from countclip.export import export_folder
+
+    out = export_folder(args.checkpoint, args.arch, args.out)
+    print(f"open_clip folder: {out} (open_clip.create_model_and_transforms('local-dir:{out}'))")
     return 0
 
 
@@ -257,6 +284,14 @@ def _make_source(args: argparse.Namespace) -> int:
 
     paths = write_source(args.out, seed=args.seed, rows=args.rows, image_size=args.image_size, grid=args.grid)
     print(f"source: {paths['source']}\nground truth: {paths['truth']}")
+    return 0
+
+
+def _make_zeroshot(args: argparse.Namespace) -> int:
+    from countclip.world.files import write_zeroshot_wds
+
+    names = write_zeroshot_wds(args.out, seed=args.seed, n=args.images, image_size=args.image_size, same_size=True)
+    print(f"zero-shot tasks: {' '.join(names)} (clip_benchmark eval --dataset_root '{args.out}/wds/{{dataset}}')")
     return 0
 
 

@@ -7,7 +7,9 @@ download pretrained weights from the hub on a cluster that has the internet.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,6 +19,7 @@ TELEMETRY_OFF = {
     "DO_NOT_TRACK": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "YOLO_OFFLINE": "1",  # ultralytics: no version check, no GitHub asset look-ups
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # MLflow's INFO chatter (schema migrations, input checks); its warnings stay
 }
 HUB_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
@@ -46,6 +49,8 @@ def configure_environment(cache_dir: str | Path | None = None, *, offline: bool 
         "MPLCONFIGDIR": str(cache / "matplotlib"),
         "COUNTCLIP_CACHE": str(cache),
     }
+    if not sys.stderr.isatty():  # in a log, MLflow's artifact download bar is carriage-return noise
+        switches["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     for key, value in switches.items():
         os.environ.setdefault(key, value)
     for key in ("YOLO_CONFIG_DIR", "MPLCONFIGDIR"):
@@ -59,3 +64,20 @@ def ray_init_args(address: str | None, local_cpus: int | None) -> dict:
     if address or os.environ.get("RAY_ADDRESS"):
         return {"address": address}
     return {"num_cpus": local_cpus, "include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+
+
+def configure_ray_data_output(progress: bool) -> None:
+    """What Ray Data prints in this process. ``progress=False`` (the CLI's default): no progress bars,
+    whose non-terminal form dumps every operator's state into the log every few seconds, and only
+    warnings and errors of Ray Data's logger on the console (its INFO lines, progress included, still
+    go to the session's logs/ray-data/ray-data.log). ``progress=True``: Ray Data's own defaults."""
+    from ray.data import DataContext
+    from ray.data._internal.logging import SessionFileHandler
+
+    DataContext.get_current().enable_progress_bars = progress
+    level = logging.NOTSET if progress else logging.WARNING
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, SessionFileHandler):  # the console handler; the log file keeps everything
+            handler.setLevel(level)
+    # With the bars off on purpose, Ray Data's one-time notice that they are off says nothing new.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.NOTSET if progress else logging.ERROR)

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from countclip import storage
-from countclip.images import ImageError, read_image_file
+from countclip.images import ImageError, decode_image, read_image_file
 from countclip.numbers import COUNTS, WORD_FOR_COUNT, caption_variants, count_prompt
 
 REQUIRED_FIELDS = ("image_url", "text", "number")
@@ -285,3 +285,37 @@ def zeroshot_imagefolder(model, tokenizer, preprocess, root: str | Path, device=
     prompts = [[t.format(c.replace("_", " ")) for t in IMAGEFOLDER_TEMPLATES] for c in classes]
     accuracy = zeroshot_accuracy(model, tokenizer, torch.stack(images), np.array(labels), prompts, device)
     return {"accuracy": accuracy, "classes": len(classes), "images": len(images), "unreadable": skipped}
+
+
+def zeroshot_wds(model, tokenizer, preprocess, folder: str | Path, split: str = "test", device="cpu") -> dict:
+    """Zero-shot accuracy on a classification set in CLIP_benchmark's webdataset layout
+    (``split/nshards.txt``, ``split/0.tar`` .. of ``<key>.<image ext>`` + ``<key>.cls``, ``classnames.txt``,
+    ``zeroshot_classification_templates.txt`` with ``{c}``): the images, classes and templates
+    ``clip_benchmark eval --dataset wds/<name>`` scores, read with the standard library's tarfile."""
+    import tarfile
+
+    folder = Path(folder)
+    try:
+        classes = (folder / "classnames.txt").read_text().split("\n")
+        templates = (folder / "zeroshot_classification_templates.txt").read_text().split("\n")
+        shards = int((folder / split / "nshards.txt").read_text())
+    except (FileNotFoundError, ValueError) as exc:
+        raise ValueError(f"{folder} is not a CLIP_benchmark webdataset folder ({exc})") from None
+    classes, templates = [c.strip() for c in classes if c.strip()], [t.strip() for t in templates if t.strip()]
+    samples: dict[str, dict[str, bytes]] = {}
+    for shard in range(shards):
+        with tarfile.open(folder / split / f"{shard}.tar") as tar:
+            for member in tar.getmembers():
+                if member.isfile():
+                    key, _, ext = member.name.partition(".")
+                    samples.setdefault(key, {})[ext.lower()] = tar.extractfile(member).read()
+    images, labels = [], []
+    for key, sample in samples.items():
+        data = next((sample[ext] for ext in ("webp", "png", "jpg", "jpeg") if ext in sample), None)
+        if data is None or "cls" not in sample:
+            raise ValueError(f"{folder}: sample {key} lacks an image or its .cls label")
+        images.append(preprocess(decode_image(data)))
+        labels.append(int(sample["cls"]))
+    prompts = [[t.format(c=c) for t in templates] for c in classes]
+    accuracy = zeroshot_accuracy(model, tokenizer, torch.stack(images), np.array(labels), prompts, device)
+    return {"accuracy": accuracy, "classes": len(classes), "templates": len(templates), "images": len(images)}

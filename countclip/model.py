@@ -1,9 +1,11 @@
-"""open_clip models: create, load (pretrained tag, local file, s3:// object), make FSDP-ready, export.
+"""open_clip models: create, load (pretrained tag, local file, s3:// object, open_clip folder), make FSDP-ready.
 
 Any open_clip architecture works (ViT-B-32 with ``pretrained="openai"`` on a cluster with the hub in
 reach). The small ``countclip-*`` architectures in ``model_configs/`` are registered here for
-CountWorld; they use open_clip's own tokenizer, so a checkpoint exported from them loads with stock
-``open_clip.create_model_and_transforms(arch, pretrained=path)`` once the config is registered.
+CountWorld; they use open_clip's own tokenizer. ``model.pretrained`` may also name an open_clip
+folder, ``local-dir:DIR`` (what ``countclip export`` writes: it holds its own architecture, so
+``model.arch`` is not used) or ``hf-hub:org/name`` (the same layout on the Hugging Face hub; needs
+the internet, so only with COUNTCLIP_OFFLINE=0).
 
 With ``lora`` set, ``create_model`` adds peft LoRA adapters after loading the weights (``lora.py``) and
 ``export_state_dict`` merges them back, so exported checkpoints stay stock open_clip.
@@ -15,6 +17,7 @@ reshapes either way.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import pickle
@@ -28,11 +31,13 @@ from torch import nn
 
 from countclip import storage
 from countclip.config import ConfigBase, ConfigError, require
+from countclip.environment import offline_requested
 from countclip.images import ImagePreprocess
 from countclip.lora import LoraConfig, add_lora, has_lora, merged_model, resolve_targets
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+FOLDER_PREFIX, HUB_PREFIX = "local-dir:", "hf-hub:"  # open_clip's own schemas for a model folder
 
 
 @dataclass
@@ -41,7 +46,8 @@ class ModelConfig(ConfigBase):
     """open_clip architecture name (open_clip.list_models()), e.g. ViT-B-32 or countclip-tiny."""
     pretrained: str | None = None
     """None for random weights, an open_clip pretrained tag (e.g. "openai"), a local checkpoint path,
-    or an s3:// URI of one."""
+    an s3:// URI of one, or an open_clip folder: local-dir:DIR (from `countclip export`) or
+    hf-hub:org/name (internet needed: COUNTCLIP_OFFLINE=0); a folder brings its own architecture."""
     precision: str = "fp32"
     """Parameter precision at creation: fp32 for training (mixed precision is set by the trainer)."""
     lora: LoraConfig | None = None
@@ -125,11 +131,39 @@ def image_size(model: nn.Module) -> int:
 SHIPPED = {"countworld": ("countclip-tiny", Path(__file__).parent / "weights" / "countworld-clip-tiny.safetensors")}
 
 
+def is_open_clip_folder(pretrained: str | None) -> bool:
+    """Whether ``pretrained`` names an open_clip folder (``local-dir:DIR`` or ``hf-hub:org/name``)."""
+    return isinstance(pretrained, str) and pretrained.startswith((FOLDER_PREFIX, HUB_PREFIX))
+
+
+def resolve_folder(pretrained: str) -> str:
+    """The open_clip model name of a folder: ``local-dir:`` with an absolute path that holds a config,
+    or an ``hf-hub:`` name when the hub may be reached."""
+    if pretrained.startswith(HUB_PREFIX):
+        if offline_requested():
+            raise ConfigError(f"model.pretrained={pretrained} is on the Hugging Face hub, and this run is offline; "
+                              "set COUNTCLIP_OFFLINE=0 on a machine that reaches the hub, or `countclip export` "
+                              "the model and use local-dir:DIR")
+        return pretrained
+    path = Path(pretrained.removeprefix(FOLDER_PREFIX)).expanduser().resolve()
+    if not (path / "open_clip_config.json").is_file():
+        raise FileNotFoundError(f"{pretrained}: {path} holds no open_clip_config.json "
+                                "(`countclip export CHECKPOINT --arch ARCH --out DIR` writes one)")
+    return f"{FOLDER_PREFIX}{path}"
+
+
+def open_clip_name(cfg: ModelConfig) -> str:
+    """The name open_clip knows the model by: its folder (which holds the architecture) or ``arch``."""
+    return resolve_folder(cfg.pretrained) if is_open_clip_folder(cfg.pretrained) else cfg.arch
+
+
 def resolve_pretrained(arch: str, pretrained: str | None) -> str | None:
-    """The tag or local file to hand open_clip; s3:// objects are downloaded once into the cache;
+    """The tag, local file or folder to hand open_clip; s3:// objects are downloaded once into the cache;
     ``countworld`` is the stand-in CountWorld base shipped in countclip/weights (``SHIPPED``)."""
     import open_clip
 
+    if is_open_clip_folder(pretrained):
+        return resolve_folder(pretrained)
     if pretrained in SHIPPED:
         shipped_arch, path = SHIPPED[pretrained]
         if arch != shipped_arch:
@@ -162,21 +196,47 @@ def create_model(cfg: ModelConfig, device: str | torch.device = "cpu"):
     """(model, its ImagePreprocess (evaluation geometry), tokenizer), with clear errors for bad names or files."""
     import open_clip
 
-    check_architecture(cfg.arch)
-    pretrained = resolve_pretrained(cfg.arch, cfg.pretrained)
+    if is_open_clip_folder(cfg.pretrained):
+        name, pretrained = resolve_folder(cfg.pretrained), None
+    else:
+        check_architecture(cfg.arch)
+        name, pretrained = cfg.arch, resolve_pretrained(cfg.arch, cfg.pretrained)
     try:
-        model = open_clip.create_model(
-            cfg.arch, pretrained=pretrained, precision=cfg.precision, device=device, nonscalar_logit_scale=True
-        )
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, KeyError, ValueError,
+        with _random_init_notice_muted(name == cfg.arch and pretrained is None):
+            model = open_clip.create_model(
+                name, pretrained=pretrained, precision=cfg.precision, device=device, nonscalar_logit_scale=True
+            )
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError,
             SafetensorError) as exc:
         if pretrained and Path(pretrained).is_file():
             raise ValueError(f"checkpoint {cfg.pretrained} is corrupt or not a {cfg.arch} checkpoint: {exc}") from None
+        if name != cfg.arch:
+            raise ValueError(f"model.pretrained={cfg.pretrained} is not a loadable open_clip folder: {exc}") from None
         raise
     preprocess = ImagePreprocess.from_model(model)
     if cfg.lora is not None:
         model = add_lora(model, cfg.lora)
-    return model, preprocess, open_clip.get_tokenizer(cfg.arch)
+    return model, preprocess, open_clip.get_tokenizer(name)
+
+
+class _RandomInitNotice(logging.Filter):
+    """open_clip warns "No pretrained weights loaded ..." on the root logger at every random init;
+    a model created here without weights is random on purpose (pretraining starts from it, or a
+    checkpoint is loaded into it next)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _random_init_notice_muted(random_on_purpose: bool):
+    notice = _RandomInitNotice()
+    if random_on_purpose:
+        logging.getLogger().addFilter(notice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(notice)
 
 
 def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

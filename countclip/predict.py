@@ -2,6 +2,7 @@
 
     predictor = load_predictor("runs/experiment/checkpoints/countclip.pt", arch="countclip-tiny")
     predictor = load_predictor("models:/countclip@champion")    # a registered model (MLflow)
+    predictor = load_predictor("local-dir:runs/eval/open_clip")  # an open_clip folder (countclip export)
     predictor.count(["photo.jpg"], noun="dogs")  # -> [{"count": 3, "confidence": 0.81, "probabilities": {...}}]
 
 The count follows the CountBench protocol: the nine captions "a photo of two <noun>" .. "ten <noun>"
@@ -66,7 +67,8 @@ class CountPredictor:
 
 
 def load_predictor(model: str, arch: str = "countclip-tiny", device: str = "cpu") -> CountPredictor:
-    """A predictor from a checkpoint (local or s3://), a pretrained tag, or a registered MLflow model
+    """A predictor from a checkpoint (local or s3://), an open_clip folder (``local-dir:DIR``, ``hf-hub:``),
+    a pretrained tag, or a registered MLflow model
     (``models:/name@alias``, ``runs:/id/model``: its own architecture is used, ``arch`` is ignored)."""
     if tracking.is_model_uri(model):
         return tracking.load_count_predictor(model)

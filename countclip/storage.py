@@ -88,6 +88,20 @@ def write_text(uri: str | Path, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
+def write_folder(uri: str | Path, files: dict[str, bytes]) -> None:
+    """Write a folder of files (name -> bytes) whole: a local one appears all at once (``atomic_dir``);
+    under an s3:// prefix each object is written in the given order, so put the file that readers
+    open first (a config naming the rest) last."""
+    if is_s3(uri):
+        for name, data in files.items():
+            write_bytes(f"{str(uri).rstrip('/')}/{name}", data)
+        return
+    with atomic_dir(local_path(uri)) as tmp:
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared model from its other readers
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+
+
 def exists(uri: str | Path) -> bool:
     if is_s3(uri):
         bucket, key = split_s3(str(uri))

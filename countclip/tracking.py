@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from countclip.config import ConfigBase, require
-from countclip.numbers import COUNT_PROMPT, COUNTS
+from countclip.numbers import COUNTS
 
 
 @dataclass
@@ -161,31 +161,29 @@ def pinned_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in names] + [f"countclip=={version('countclip')}"]
 
 
-def log_count_model(cfg: TrackingConfig, run_id: str, checkpoint: str | Path, arch: str, example_image: bytes) -> str:
-    """Log the pyfunc counting model (open_clip checkpoint + spec as artifacts); return its model URI."""
+def log_count_model(cfg: TrackingConfig, run_id: str, open_clip_folder: str | Path, example_image: bytes) -> str:
+    """Log the pyfunc counting model, carrying the model's open_clip folder (``countclip export``) as
+    its artifact; return its model URI."""
+    from importlib.util import find_spec
+
     import mlflow
     import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
-
-    from countclip.pyfunc import CountClipPyfunc  # imports MLflow at its top
 
     _client(cfg)
     inputs = Schema([ColSpec("binary", "image", required=False), ColSpec("string", "image_path", required=False),
                      ColSpec("string", "noun")])
     outputs = Schema([ColSpec("long", "count"), ColSpec("double", "confidence")]
                      + [ColSpec("double", f"prob_{c}") for c in COUNTS])
-    with tempfile.TemporaryDirectory() as folder:
-        spec = Path(folder) / "model_spec.json"
-        spec.write_text(json.dumps({"arch": arch, "prompt": COUNT_PROMPT}))
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=CountClipPyfunc(),
-                artifacts={"checkpoint": str(checkpoint), "model_spec": str(spec)},
-                signature=ModelSignature(inputs, outputs),
-                input_example=pd.DataFrame({"image": [example_image], "noun": ["circles"]}),
-                pip_requirements=pinned_requirements(),
-            )
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=find_spec("countclip.pyfunc").origin,  # a model from code, not a pickle
+            artifacts={"open_clip": str(open_clip_folder)},
+            signature=ModelSignature(inputs, outputs),
+            input_example=pd.DataFrame({"image": [example_image], "noun": ["circles"]}),
+            pip_requirements=pinned_requirements(),
+        )
     return info.model_uri
 
 

@@ -269,6 +269,16 @@ def checkpoints(tiny_model, tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def open_clip_folders(checkpoints):
+    """The two tiny checkpoints as open_clip folders (``countclip export``): ``a/`` and ``b/`` beside them."""
+    from countclip.export import export_folder
+
+    for name in ("a", "b"):
+        export_folder(str(checkpoints / f"{name}.pt"), "countclip-tiny", checkpoints / name)
+    return checkpoints
+
+
 def eval_config(bench, checkpoint, tracking_uri, tmp_path, *overrides):
     """An evaluate job of ``checkpoint`` on ``bench``, logging to ``tracking_uri``."""
     from countclip.jobs.evaluate import EvalJobConfig

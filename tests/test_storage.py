@@ -58,3 +58,11 @@ def test_bad_uris_are_named():
         storage.split_s3("s3:///nokey")
     with pytest.raises(ValueError, match="not a local path"):
         storage.local_path("http://example.com/x")
+
+
+def test_a_folder_is_written_whole_or_not_at_all(tmp_path):
+    storage.write_folder(tmp_path / "m", {"weights": b"w", "config.json": b"{}"})
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "weights"]
+    with pytest.raises(TypeError):
+        storage.write_folder(tmp_path / "m", {"weights": b"new", "config.json": None})  # fails after the first file
+    assert (tmp_path / "m" / "weights").read_bytes() == b"w" and [p.name for p in tmp_path.iterdir()] == ["m"]

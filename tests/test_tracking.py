@@ -6,14 +6,13 @@ from countclip import tracking
 from .conftest import scene_png
 
 
-def test_promotion_only_for_a_better_model(checkpoints, tmp_path):
+def test_promotion_only_for_a_better_model(open_clip_folders, tmp_path):
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'ml.db'}"
     cfg = tracking.TrackingConfig(uri=uri, experiment="promo")
     image = scene_png()
-    model_uri = tracking.log_count_model(cfg, tracking.start_run(cfg, "r", {}, {}), checkpoints / "a.pt",
-                                         "countclip-tiny", image)
+    model_uri = tracking.log_count_model(cfg, tracking.start_run(cfg, "r", {}, {}), open_clip_folders / "a", image)
 
     first = tracking.register_and_promote(cfg, model_uri, "m", {"count_accuracy": 0.5, "zeroshot_accuracy": 0.7})
     assert first["promoted"] and first["reason"] == "no champion yet"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -43,6 +44,7 @@ from countclip.data.stages import (
 )
 from countclip.data.verify import VerifyConfig
 from countclip.environment import ray_init_args
+from countclip.progress import Progress
 
 
 @dataclass
@@ -149,13 +151,15 @@ def build_dataset(cfg: BuildConfig, echo=print) -> dict:
     check_columns(cfg.captions, columns)  # a schema error stops the job before any work
     if cfg.verify.enabled:
         storage.local_copy(cfg.verify.resolved_weights())  # a missing or unreadable model too
-    echo(f"[build] {len(files)} source file(s), {sum(f['rows'] for f in fingerprint['files'])} rows")
-    if not ray.is_initialized():
-        ray.init(**ray_init_args(cfg.cluster.address, cfg.cluster.local_cpus), log_to_driver=False)
+    source_rows = sum(f["rows"] for f in fingerprint["files"])
+    echo(f"[build] {len(files)} source file(s), {source_rows} rows")
+    if not ray.is_initialized():  # Ray's own INFO lines (instance started, token saved) stay in its logs
+        ray.init(**ray_init_args(cfg.cluster.address, cfg.cluster.local_cpus), log_to_driver=False,
+                 logging_level=logging.WARNING)
     check_capacity(cfg.cluster, ray.cluster_resources().get("CPU", 0.0))
     staging, cleanup = _staging_area(cfg.output)
     try:
-        tallies = _run_pipeline(cfg, files, columns, staging)
+        tallies = _run_pipeline(cfg, files, columns, staging, Progress("[build]", source_rows, "rows", echo))
         manifest = _balance_and_write(cfg, tallies, staging, fingerprint, echo)
     finally:
         cleanup()
@@ -175,7 +179,7 @@ def _staging_area(output: str):
     return folder, lambda: shutil.rmtree(folder, ignore_errors=True)
 
 
-def _run_pipeline(cfg: BuildConfig, files: list[str], columns: list[str], staging: str) -> pa.Table:
+def _run_pipeline(cfg: BuildConfig, files: list[str], columns: list[str], staging: str, progress: Progress) -> pa.Table:
     filesystem, _ = storage.arrow_filesystem(files[0])
     paths = [storage.arrow_filesystem(f)[1] for f in files]
     # Ray Data spreads tasks and actors over the nodes by default (DataContext.scheduling_strategy).
@@ -198,7 +202,13 @@ def _run_pipeline(cfg: BuildConfig, files: list[str], columns: list[str], stagin
     else:
         rows = rows.map_batches(skip_verification, batch_format="numpy", batch_size=c.batch_rows)
     rows = rows.map_batches(StageWriter(staging), batch_format="pyarrow", batch_size=c.batch_rows)
-    return pa.concat_tables(ray.get(rows.to_arrow_refs()))
+    tallies, staged = [], 0
+    for batch in rows.iter_batches(batch_format="pyarrow", batch_size=None):  # streams the tallies in
+        tallies.append(batch)
+        staged += pc.sum(pc.equal(batch.column("stage"), "written")).as_py() or 0
+        progress.update(progress.done + (pc.sum(batch.column("n_rows")).as_py() or 0), f"{staged} kept")
+    progress.close(f"{staged} kept")
+    return pa.concat_tables(tallies) if tallies else StageWriter.TALLY.empty_table()
 
 
 def _balance_and_write(cfg: BuildConfig, tallies: pa.Table, staging: str, fingerprint: dict, echo) -> dict:

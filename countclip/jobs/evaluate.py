@@ -27,8 +27,10 @@ from countclip.evaluate import (
     retrieval_metrics,
     save_confusion_png,
     zeroshot_imagefolder,
+    zeroshot_wds,
 )
-from countclip.model import ModelConfig, create_model, export_checkpoint, image_size
+from countclip.export import model_config, write_open_clip_folder
+from countclip.model import ModelConfig, create_model, export_checkpoint, image_size, open_clip_name
 from countclip.numbers import parse_caption
 from countclip.tracking import TrackingConfig
 from countclip.wiseft import check_alpha, interpolate
@@ -82,10 +84,14 @@ class EvalJobConfig(ConfigBase):
     """Zero-shot accuracy on CountWorld's classes (shape, colour, background)."""
     zeroshot_folders: list[str] = field(default_factory=list)
     """ImageFolder-style datasets (e.g. a CIFAR-10 or ImageNet validation folder) for zero-shot accuracy."""
+    zeroshot_wds: list[str] = field(default_factory=list)
+    """Classification sets in CLIP_benchmark's webdataset layout (a wds/<name> folder: test/*.tar,
+    classnames.txt, zeroshot_classification_templates.txt), scored on their own classes and templates."""
     retrieval_k: int = 10
     """k of recall@k and count precision@k over the benchmark images."""
     output: str = "runs/eval"
-    """Report, confusion matrix PNG."""
+    """Report, confusion matrix PNG, and the model as an open_clip folder (open_clip/, with a model card
+    holding these figures; it loads as local-dir:<output>/open_clip)."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
     wise_ft: WiseFTBlend | None = None
@@ -145,9 +151,8 @@ def run_evaluation(cfg: EvalJobConfig, echo=print) -> dict:
     entries = load_countbench(cfg.countbench)  # a malformed file stops here, before anything is logged
     tracking.check_reachable(cfg.tracking)
     model, preprocess, tokenizer = load_model(cfg.model)
-    checkpoint = None
-    if cfg.wise_ft is not None:
-        checkpoint = _blend(cfg, model, echo)
+    if cfg.wise_ft is not None:  # the blend is what gets evaluated, exported and registered
+        _blend(cfg, model, echo)
     root = gather_images(cfg, entries)
     report = evaluate_countbench(model, tokenizer, preprocess, cfg.countbench, root)
     if report.scored == 0:
@@ -167,6 +172,8 @@ def run_evaluation(cfg: EvalJobConfig, echo=print) -> dict:
         zeroshot |= {f"countworld_{k}": v for k, v in zeroshot_by_task(model, tokenizer, inputs, labels, "cpu").items()}
     for folder in cfg.zeroshot_folders:
         zeroshot[f"folder_{Path(folder).name}"] = zeroshot_imagefolder(model, tokenizer, preprocess, folder)["accuracy"]
+    for folder in cfg.zeroshot_wds:
+        zeroshot[f"wds_{Path(folder).name}"] = zeroshot_wds(model, tokenizer, preprocess, folder)["accuracy"]
     results["zeroshot"] = zeroshot
     zeroshot_mean = float(np.mean(list(zeroshot.values()))) if zeroshot else float("nan")
     echo("[eval] zero-shot: " + ", ".join(f"{k} {v:.1%}" for k, v in zeroshot.items()))
@@ -186,7 +193,14 @@ def run_evaluation(cfg: EvalJobConfig, echo=print) -> dict:
         metrics["wise_ft_alpha"] = cfg.wise_ft.alpha
     storage.write_text(out / "report.json", json.dumps(results | {"metrics": metrics}, indent=1))
     results["metrics"] = metrics
-    results["registry"] = _log_and_register(cfg, metrics, out, echo, checkpoint)
+    folder = None
+    if not tracking.is_model_uri(cfg.model.pretrained):  # a registered model already carries its folder
+        name = open_clip_name(cfg.model)
+        folder = write_open_clip_folder(model, out / "open_clip", model_config(name), cfg.model.arch,
+                                        {k: v for k, v in metrics.items() if not k.startswith("images_")},
+                                        source=cfg.model.pretrained)
+        results["open_clip_folder"] = folder
+    results["registry"] = _log_and_register(cfg, metrics, out, folder, echo)
     results["seconds"] = round(time.perf_counter() - tic, 1)
     return results
 
@@ -214,19 +228,16 @@ def _retrieval_set(entries: list[dict], root: Path, preprocess):
     return images, np.array(counts), nouns
 
 
-def _log_and_register(cfg: EvalJobConfig, metrics: dict, out: Path, echo, checkpoint: Path | None = None) -> dict:
-    """checkpoint: the file to log as the model (default: model.pretrained's)."""
+def _log_and_register(cfg: EvalJobConfig, metrics: dict, out: Path, folder: str | None, echo) -> dict:
     if not cfg.tracking.enabled:
         return {}
-    if checkpoint is None and not tracking.is_model_uri(cfg.model.pretrained):
-        checkpoint = storage.local_copy(cfg.model.pretrained)
     run_id = tracking.start_run(cfg.tracking, "evaluate", cfg.to_dict(), {"report.json": (out / "report.json").read_text()})
     tracking.log_metric_rows(cfg.tracking, run_id, [{"step": 0, **metrics}])
     tracking.log_file(cfg.tracking, run_id, out / "confusion.png")
     decision = {"run_id": run_id}
-    if checkpoint is not None:
+    if folder is not None:
         example = png_bytes(render(sample_scene(np.random.default_rng(0), 3), 64))
-        model_uri = tracking.log_count_model(cfg.tracking, run_id, checkpoint, cfg.model.arch, example)
+        model_uri = tracking.log_count_model(cfg.tracking, run_id, folder, example)
         decision["model_uri"] = model_uri
         if cfg.register.name:
             decision |= tracking.register_and_promote(cfg.tracking, model_uri, cfg.register.name, metrics,

@@ -32,6 +32,7 @@ from countclip.evaluate import evaluate_countbench, save_confusion_png
 from countclip.images import ImagePreprocess
 from countclip.lora import LoraConfig, trainable_parameters
 from countclip.model import ModelConfig, check_for_training, create_model, export_checkpoint
+from countclip.progress import Progress
 from countclip.train import LossConfig, OptimConfig, TrainConfig, train
 from countclip.wiseft import check_alpha, wise_ft_curve, write_curve
 from countclip.world.files import write_benchmark, write_clean_dataset
@@ -264,15 +265,16 @@ def _wise_ft(cfg: ExperimentConfig, out: Path, finetuned, base_path: Path, devic
 
 def _train_stage(name: str, cfg: TrainConfig, model, tokenizer, preprocess: ImagePreprocess, dataset: str, echo,
                  device="cpu"):
+    progress = Progress(f"[{name}]", cfg.steps, "steps", echo)
+
     def log(step: int, row: dict[str, float]) -> None:
         terms = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.endswith("_loss"))
-        echo(f"[{name}] step {step}/{cfg.steps} {terms} {row['samples_per_s']:.0f} samples/s")
+        progress.update(step, f"{terms}, {row['samples_per_s']:.0f} samples/s")
 
-    tic = time.perf_counter()
     scale = cfg.data.train_crop_scale
     data = TrainingStream.for_training(dataset, cfg, ImagePreprocess(preprocess.config, tuple(scale) if scale else None))
     result = train(cfg, model, tokenizer, data, log=log, device=device)
-    echo(f"[{name}] done in {time.perf_counter() - tic:.0f}s")
+    progress.close()
     return result
 
 

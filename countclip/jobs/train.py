@@ -41,6 +41,7 @@ from countclip.data.shards import read_manifest
 from countclip.distributed import gather_objects, shard_model
 from countclip.environment import configure_environment, ray_init_args
 from countclip.evaluate import evaluate_countbench, load_countbench
+from countclip.export import model_config, write_open_clip_folder
 from countclip.images import ImagePreprocess
 from countclip.lora import attention_targets
 from countclip.model import (
@@ -49,9 +50,12 @@ from countclip.model import (
     check_for_training,
     create_model,
     export_checkpoint,
+    is_open_clip_folder,
+    open_clip_name,
     resolve_pretrained,
     skeleton,
 )
+from countclip.progress import Progress
 from countclip.tracking import TrackingConfig
 from countclip.train import TrainConfig, train
 
@@ -94,7 +98,8 @@ class TrainJobConfig(ConfigBase):
     """Worker-group restarts allowed (resuming from the newest checkpoint) before the job fails."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     export: str | None = None
-    """Where the final open_clip checkpoint goes (default: <storage_path>/<name>/model.pt)."""
+    """Where the final open_clip checkpoint goes (default: <storage_path>/<name>/model.pt); the model
+    is also written beside it as an open_clip folder, <export without suffix>-open_clip/ (local-dir:)."""
 
     def __post_init__(self) -> None:
         require(self.max_failures >= 0, "max_failures must be >= 0")
@@ -103,6 +108,11 @@ class TrainJobConfig(ConfigBase):
 
     def export_uri(self) -> str:
         return self.export or f"{self.storage_path.rstrip('/')}/{self.name}/model.pt"
+
+    def export_folder_uri(self) -> str:
+        uri = self.export_uri()
+        stem = uri.rsplit("/", 1)[-1]
+        return uri[: len(uri) - len(stem)] + stem.rsplit(".", 1)[0] + "-open_clip"
 
 
 def preflight(cfg: TrainJobConfig) -> dict:
@@ -196,15 +206,21 @@ def _manifest_summary(manifest: dict) -> dict:
 
 
 def export_final(cfg: TrainJobConfig, folder: Path, run_id: str | None) -> dict:
-    """Load the last training checkpoint into a plain model and write the open_clip export."""
-    model, preprocess, tokenizer = create_model(cfg.model.replace(pretrained=None))
+    """Load the last training checkpoint into a plain model and write the open_clip checkpoint and,
+    beside it, the open_clip folder (with the final count accuracy in its model card when known)."""
+    # A folder holds its own architecture, so the plain model is built from it (its weights are replaced next).
+    base = cfg.model if is_open_clip_folder(cfg.model.pretrained) else cfg.model.replace(pretrained=None)
+    model, preprocess, tokenizer = create_model(base)
     marker = checkpoint.load_model_weights(folder, model)
     export_checkpoint(model, cfg.export_uri())
-    out = {"export": cfg.export_uri(), "step": marker["step"]}
+    out = {"export": cfg.export_uri(), "export_folder": cfg.export_folder_uri(), "step": marker["step"]}
+    metrics = {}
     if cfg.benchmark:
         report = evaluate_countbench(model, tokenizer, preprocess, cfg.benchmark)
-        out["count_accuracy"] = report.accuracy
+        out["count_accuracy"] = metrics["count_accuracy"] = report.accuracy
         tracking.log_metric_rows(cfg.tracking, run_id, [{"step": marker["step"], "final_count_accuracy": report.accuracy}])
+    write_open_clip_folder(model, cfg.export_folder_uri(), model_config(open_clip_name(cfg.model)), cfg.model.arch,
+                           metrics, source=f"{cfg.name} (Ray Train, step {marker['step']})")
     return out
 
 
@@ -253,10 +269,12 @@ def worker_main(config: dict) -> None:
             published = max(published, step)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
 
+    progress = Progress("[train]", cfg.train.steps, "steps", lambda line: print(line, flush=True))
+
     def log(step: int, row: dict[str, float]) -> None:
         if rank == 0:
             terms = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.endswith("loss"))
-            print(f"[train] step {step}/{cfg.train.steps} {terms} {row['samples_per_s']:.0f} samples/s", flush=True)
+            progress.update(step, f"{terms}, {row['samples_per_s']:.0f} samples/s")
 
     resume = ray.train.get_checkpoint()
     local_root = Path(tempfile.mkdtemp(prefix=f"countclip-{cfg.name}-rank{rank}-"))

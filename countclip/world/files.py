@@ -1,9 +1,11 @@
-"""CountWorld on disk: the CountBench-format benchmark (and, for the data pipeline, a noisy source)."""
+"""CountWorld on disk: the CountBench-format benchmark, the zero-shot tasks in CLIP_benchmark's
+webdataset layout, and, for the data pipeline, a noisy source and clean datasets."""
 
 from __future__ import annotations
 
 import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +16,16 @@ from PIL import Image
 from countclip import storage
 from countclip.data.shards import SHARD_SCHEMA, ShardConfig, write_dataset
 from countclip.numbers import COUNTS, caption_variants
-from countclip.world.scenes import CaptionStyle, caption, render, sample_scene
-from countclip.world.sets import sample_rows
+from countclip.world.scenes import (
+    ZEROSHOT_TASKS,
+    CaptionStyle,
+    caption,
+    render,
+    sample_scene,
+    zeroshot_class_word,
+    zeroshot_templates,
+)
+from countclip.world.sets import sample_rows, zeroshot_set
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -53,6 +63,40 @@ def write_benchmark(folder: str | Path, seed: int, per_count: int, image_size: i
                 entries.append({"image_url": name, "text": caption(scene, rng, with_count=True), "number": count})
         storage.write_text(tmp / "countworld_bench.json", json.dumps(entries, indent=1))
     return folder / "countworld_bench.json"
+
+
+def write_zeroshot_wds(root: str | Path, seed: int, n: int, image_size: int, same_size: bool = False,
+                       grid: int | None = None, templates: int = 32) -> list[str]:
+    """CountWorld's zero-shot tasks (shape, colour, background) in CLIP_benchmark's webdataset layout:
+    ``root/wds/countworld_<task>/`` holding ``test/0.tar`` (``<key>.png`` + ``<key>.cls``, the class
+    index), ``test/nshards.txt``, ``classnames.txt`` and ``zeroshot_classification_templates.txt``
+    (``{c}`` templates). The same ``n`` images in every task. Returns the dataset names
+    (``wds/countworld_shape``, ...), which ``clip_benchmark eval --dataset NAME --dataset_root 'ROOT/wds/{dataset}'``
+    and ``countclip evaluate zeroshot_wds=[ROOT/NAME]`` read. The root appears whole or not at all."""
+    images, labels = zeroshot_set(seed, n, image_size, same_size, grid)
+    pngs = [png_bytes(image) for image in images]
+    root = Path(root)
+    names = []
+    with storage.atomic_dir(root) as tmp:
+        for task, classes in ZEROSHOT_TASKS.items():
+            folder = tmp / "wds" / f"countworld_{task}"
+            (folder / "test").mkdir(parents=True)
+            with tarfile.open(folder / "test" / "0.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+                for i, (png, label) in enumerate(zip(pngs, labels[task])):
+                    _add_tar_member(tar, f"{i:06d}.png", png)
+                    _add_tar_member(tar, f"{i:06d}.cls", str(int(label)).encode())
+            (folder / "test" / "nshards.txt").write_text("1\n")
+            (folder / "classnames.txt").write_text("".join(f"{zeroshot_class_word(task, c)}\n" for c in classes))
+            (folder / "zeroshot_classification_templates.txt").write_text(
+                "".join(f"{t}\n" for t in zeroshot_templates(task, templates)))
+            names.append(f"wds/countworld_{task}")
+    return names
+
+
+def _add_tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, 0  # mtime 0: the same seed gives the same bytes
+    tar.addfile(info, io.BytesIO(data))
 
 
 # What the noisy source holds, as shares of its rows. Counting rows whose caption lies about the

@@ -9,8 +9,9 @@ a spelled count.
 The world is deliberately diverse (shapes x colours x sizes x backgrounds x textures x templates gives
 tens of thousands of caption contents): in a fine-tuning batch, two captions that differ only in the
 number word are then rare, as in LAION, so a model can only learn to count from a loss that asks it to.
-Files for the data pipeline (a LAION-style parquet source with realistic noise, and a CountBench-format
-benchmark) are written by ``countclip.world.files``; training and zero-shot sets come from
+Files for the data pipeline (a LAION-style parquet source with realistic noise, a CountBench-format
+benchmark, and the zero-shot tasks in CLIP_benchmark's webdataset layout) are written by
+``countclip.world.files``; training and zero-shot sets come from
 ``countclip.world.sets``.
 """
 
@@ -294,3 +295,32 @@ def zeroshot_prompts(task: str, value: str, n: int = 32, seed: int = 0) -> list[
             scene = dataclasses.replace(scene, **{task: value})
         prompts.append(caption(scene, rng, with_count=False, style=style))
     return prompts
+
+
+def zeroshot_class_word(task: str, value: str) -> str:
+    """How captions name a zero-shot class: a shape by its plural ("circles"), a colour by its name."""
+    return PLURALS[value] if task == "shape" else value
+
+
+def zeroshot_templates(task: str, n: int = 32, seed: int = 0) -> list[str]:
+    """CLIP-style templates for ``task``: count-free captions of the kind ``zeroshot_prompts`` draws,
+    with ``{c}`` where the class word goes. Every class shares them (CLIP_benchmark's convention), so
+    the prompts of two classes differ only in the class word."""
+    if task not in ZEROSHOT_TASKS:
+        raise ValueError(f"unknown zero-shot task {task!r}; tasks are {list(ZEROSHOT_TASKS)}")
+    rng = np.random.default_rng((seed, 1 + len(ZEROSHOT_TASKS), list(ZEROSHOT_TASKS).index(task)))
+    style = CaptionStyle(numerosity=False, keep_colour=1.0 if task == "colour" else 0.5,
+                         keep_backdrop=1.0 if task == "background" else 0.5)
+    value = ZEROSHOT_TASKS[task][0]  # drawn with the first class, whose word then becomes the slot
+    templates: list[str] = []
+    for _ in range(50 * n):
+        if len(templates) == n:
+            break
+        scene = sample_scene(rng, 3, shape=value if task == "shape" else None)
+        if task != "shape":
+            scene = dataclasses.replace(scene, **{task: value})
+        words = caption(scene, rng, with_count=False, style=style).split()
+        template = " ".join("{c}" if word == zeroshot_class_word(task, value) else word for word in words)
+        if template.count("{c}") == 1 and template not in templates:
+            templates.append(template)
+    return templates

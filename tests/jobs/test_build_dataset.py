@@ -46,6 +46,26 @@ def test_countworld_build_reconciles_keeps_truth_and_is_reproducible(source, tmp
     assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in manifest["shards"]]
 
 
+@pytest.mark.slow
+def test_the_cli_build_prints_its_own_progress_and_ray_datas_only_on_request(source, tmp_path):
+    import subprocess
+    import sys
+
+    args = [f"source=[{source['source']}]", "verify.weights=" + str(VERIFIER), "verify.confidence=0.35",
+            "verify.iou=0.3", "captions.id_column=SAMPLE_ID", "captions.non_counting_rate=1.0",
+            "fetch.allow_local_files=true", "fetch.max_side=128", "fetch.image_format=png", "verify.image_size=128"]
+    runs = {}
+    for name, flags in (("quiet", []), ("ray", ["--ray-progress"])):
+        proc = subprocess.run([sys.executable, "-m", "countclip.cli", "build-dataset", *flags, *args,
+                               f"output={tmp_path / name}"], capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        runs[name] = proc.stdout + proc.stderr
+    progress = [line for line in runs["quiet"].splitlines() if line.startswith("[build] ") and " rows (" in line]
+    assert 1 <= len(progress) <= 4 and progress[-1].startswith("[build] 700/700 rows (100%) in "), runs["quiet"]
+    assert "Execution plan of Dataset" not in runs["quiet"] and "logging_progress" not in runs["quiet"]
+    assert "Execution plan of Dataset" in runs["ray"]  # Ray Data's own output, as Ray prints it
+
+
 def test_schema_and_source_errors_stop_before_any_work(source, tmp_path):
     with pytest.raises(ValueError, match=r"no column\(s\) \['CAPTION'\]"):
         build_dataset(config(source["source"], tmp_path / "x", "captions.text_column=CAPTION"))

@@ -42,3 +42,14 @@ def test_a_wise_ft_blend_is_evaluated_and_registered_with_its_alpha(bench, check
     assert results["metrics"]["wise_ft_alpha"] == 0.25
     version = mlflow.MlflowClient(uri).get_model_version(cfg.register.name, results["registry"]["version"])
     assert version.tags["wise_ft_alpha"] == "0.250000"
+def test_the_evaluated_model_is_written_as_an_open_clip_folder_with_its_figures(bench, checkpoints, tmp_path):
+    import open_clip
+
+    result = run_evaluation(eval_config(bench, checkpoints / "a.pt", "sqlite:///unused.db", tmp_path,
+                                        "tracking.enabled=false"))
+    folder = tmp_path / "eval" / "open_clip"
+    assert result["open_clip_folder"] == str(folder)
+    card = (folder / "README.md").read_text()
+    assert f"| count_accuracy | {result['metrics']['count_accuracy']:.4f} |" in card and "zeroshot_accuracy" in card
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    assert sum(p.numel() for p in model.parameters()) > 0

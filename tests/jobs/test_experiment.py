@@ -28,7 +28,10 @@ def test_experiment_writes_report_pngs_and_stock_loadable_checkpoints(tmp_path):
     out = tmp_path / "run"
     proc = run_cli("experiment", "--seed", "3", "--out", str(out), *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[pretrain] step 4/4" in proc.stdout and "CountCLIP - control" in proc.stdout
+    assert "[pretrain] 4/4 steps (100%) in " in proc.stdout and "CountCLIP - control" in proc.stdout
+    for stage in ("[pretrain]", "[control]", "[countclip]"):  # one progress line per quarter, no more
+        assert sum(line.startswith(stage) for line in proc.stdout.splitlines()) <= 4, proc.stdout
+    assert "No pretrained weights loaded" not in proc.stderr  # random init is intended here
     report = json.loads((out / "report.json").read_text())
     assert report["seed"] == 3
     for name in ("base", "control", "countclip"):

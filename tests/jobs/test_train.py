@@ -153,6 +153,10 @@ def test_fsdp_on_two_workers_matches_one_process_and_survives_a_worker_kill(data
     for (name, a), (_, b) in zip(reference.state_dict().items(), exported.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
     assert Path(summary["export"]).is_file() and summary["step"] == 6
+    folder = summary["export_folder"]
+    assert folder == str(Path(summary["export"]).with_name("model-open_clip"))
+    from_folder, _, _ = create_model(ModelConfig(pretrained=f"local-dir:{folder}"))  # the open_clip folder beside it
+    torch.testing.assert_close(from_folder.state_dict(), exported.state_dict())
 
 
 
