@@ -95,6 +95,6 @@ def test_real_configs_validate_their_rules():
     with pytest.raises(ConfigError, match=r"loss: loss.counterfactuals must be in 1..8"):
         TrainConfig.from_dict({"loss": {"counterfactuals": 9}})
     with pytest.raises(ConfigError, match="pretrain.loss.count_lambda must be 0"):
-        ExperimentConfig.from_dict({"pretrain": {"loss": {"count_lambda": 1.0}}})
+        ExperimentConfig.from_dict({"pretrain": {"counting_fraction": 0.5, "loss": {"count_lambda": 1.0}}})
     exp = ExperimentConfig.from_dict({"finetune": {"steps": 10}})
     assert exp.finetune.steps == 10 and exp.finetune.loss.count_lambda > 0  # experiment defaults kept

@@ -107,7 +107,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.path == "/slow.png":
             import time
 
-            time.sleep(3)
+            time.sleep(8)  # well past the attempt's 4 s budget
         status, kind, body = routes.get(self.path, (200, "image/png", self.good))
         self.send_response(status)
         self.send_header("Content-Type", kind)
@@ -150,7 +150,7 @@ def test_bad_web_input_is_counted_by_reason_and_the_job_completes(tmp_path, ray_
                          "TEXT": pa.array([b"\xff\xfe three circles"], pa.binary())})
     pq.write_table(table, tmp_path / "a.parquet")
     pq.write_table(bad_text, tmp_path / "b.parquet")
-    cfg = config(tmp_path, tmp_path / "out", "fetch.allow_networks=[127.0.0.2/32]", "fetch.read_timeout_s=1",
+    cfg = config(tmp_path, tmp_path / "out", "fetch.allow_networks=[127.0.0.2/32]", "fetch.read_timeout_s=3",
                  "fetch.connect_timeout_s=1", "fetch.retries=0", "fetch.max_pixels=20000000")
     try:
         manifest = build_dataset(cfg)

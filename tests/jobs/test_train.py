@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from countclip.config import ConfigError
+from countclip.data.shards import read_manifest
 from countclip.jobs.train import TrainJobConfig, check_capacity, preflight
 from countclip.world.files import write_clean_dataset
 
@@ -51,8 +52,10 @@ def test_preflight_refuses_bad_jobs_before_any_worker(dataset, tmp_path):
         preflight(job(dataset, tmp_path, f"benchmark={tmp_path}/none.json"))
     with pytest.raises(ConfigError, match="must divide by scaling.num_workers"):
         job(dataset, tmp_path, "train.batch_size=21")
-    with pytest.raises(ValueError, match="holds 99 counting rows but each batch needs 100"):
-        preflight(job(dataset, tmp_path, "train.batch_size=200", "train.counting_fraction=0.5"))
+    held = read_manifest(dataset)["written"]["counting"]
+    needs = held + 1 + (held + 1) % 2  # one row more than the dataset holds, even so it splits over 2 ranks
+    with pytest.raises(ValueError, match=f"holds {held} counting rows but each batch needs {needs}"):
+        preflight(job(dataset, tmp_path, f"train.batch_size={2 * needs}", "train.counting_fraction=0.5"))
     with pytest.raises(ValueError, match="each batch holds 7 counting rows, which do not split over 2 ranks"):
         preflight(job(dataset, tmp_path, "train.batch_size=20", "train.counting_fraction=0.35"))
     with pytest.raises(ValueError, match="leaving less than the 1 CPU one ingest decode task needs"):
