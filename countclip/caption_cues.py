@@ -20,10 +20,18 @@ compounds); these cues read what it counts and where it stands, with the vocabul
   title of a work "by" a named author, in a caption that names no picture ("Two Little Girls in
   Blue by Mary Higgins Clark"; "Three Boys in a Dory Poster by Winslow Homer" counts); or it carries
   a trademark sign ("TWO™");
-- it starts a mixed number ("Two 1/2 inch snaps");
-- it states a capacity or a split ("dinner for two", "for two people", "shoots for two during",
-  "in two"), or counts people the picture does not show: victims ("killed two teens") and people
-  sought ("looking for two school nurses", "hiring three").
+- it starts a mixed number ("Two 1/2 inch snaps"), or what it names is a measure or a version
+  ("Burton Seven 154cm", "Seven v8"), a streak ("four consecutive Super Bowls") or an idiom ("two of
+  a kind");
+- the caption is a film, book, album or app listing ("720p BRRip", "Full APK", "Paperback", a
+  series number or an edition in brackets: "(Lusty, Texas #9)", "(03 Edition)") and the number word
+  is capitalised: it is in the title;
+- it is a bare number closing a name or a numbered work, lower case too ("the art life two", from a
+  slug); not after a plural, "of", "for" and the like ("set of two", "puppies two");
+- it states a capacity, a yield or a split ("dinner for two", "for two people", "shoots for two
+  during", "sleeps four", "serves six", "makes two small glasses", "in two"), or counts people the
+  picture does not show: victims ("killed two teens", "shot her four children") and people sought
+  ("looking for two school nurses", "hiring three").
 """
 
 from __future__ import annotations
@@ -38,9 +46,22 @@ Tokens = tuple[tuple[str, str], ...]  # (separator before, lower-cased word) aft
 
 _CAPACITY_NOUNS = frozenset("people persons guests adults".split())  # "for two people": a capacity
 _STOP_BEFORE = frozenset(
-    "of for on at in to by with from and or the a an my his her our their its your all top first last next".split()
+    "of for on at in to by with from and or the a an my his her our their its your all top first last next "
+    "these those both only just other another we us you them".split()
 )
 _VICTIMS_OF = frozenset("killed killing kills injured injuring injures wounded wounding murdered murdering".split())
+_SHOT = frozenset("shot stabbed killed murdered".split())  # "shot her four children": before a possessive
+_POSSESSIVE = frozenset("her his their its our my your".split())
+_YIELDS = frozenset("serves serving yields makes sleeps seats accommodates feeds".split())  # "serves four"
+_STREAK = frozenset("consecutive successive".split())  # "four consecutive Super Bowls": a record
+# A measure or a version as the head: "154cm", "10.5mm", "v8", "v2.0" ("two 5mm beads" counts beads)
+_MEASURE_RE = re.compile(r"\d+(?:[.,]\d+)?[a-z]{1,3}|v\d[\w.]*")
+# A film, book, album or app listing: release formats, editions, a series number "(Lusty, Texas #9)"
+_WORK_RE = re.compile(
+    r"\b(?:\d{3,4}p|[BH]D-?Rip|BRRip|DVDRip|WEB-?Rip|WEB-DL|Blu-?ray|x26[45]|HEVC|APK|MP3|FLAC|e-?book|EPUB|"
+    r"Kindle|Paperback|Hardcover|Hardback|Audiobook|Soundtrack|DVD)\b|\([^()]*(?:#\s?\d{1,3}|\bEdition)\)",
+    re.IGNORECASE,
+)
 _SEEKING = frozenset("seeking hiring recruiting wanted".split())  # "hiring three drivers"
 _LOOKING = (["looking"], ["searching"], ["search"])  # "is looking for two school nurses"
 _BY_NAME_RE = re.compile(r"(?: by|By:) [A-Z][a-z]+ [A-Z][a-z]+")  # "by Mary Higgins Clark"; not "Standing By"
@@ -60,20 +81,25 @@ def not_a_visible_count(caption: str, start: int, end: int, previous: str, after
     """
     if len(after) > 1 and after[0][1].isdigit() and after[1][0] == "/":
         return True  # "Two 1/2 inch": a mixed number, a measure
+    number = caption[start:end]
     if (_compound_modifier(after, phrase, looks_plural)
             or bool(phrase and vocabulary.is_not_visible(phrase[-1]))
+            or _measure_of_one(after, phrase, looks_plural)
+            or _not_a_thing_after(after)
             or caption[end:end + 1] in ("™", "®")):  # "Army of TWO™": a brand
         return True
     before = previous.lower()
     bare = not after or bool(after[0][0].strip()) or after[0][1].isdigit()  # "for two 2": a digit note
+    two_before = caption[max(0, start - 24):start].lower().split()[-2:]
     if before and (
         (before == "for" and (not phrase or phrase[-1] in _CAPACITY_NOUNS))  # "Dinner for two?"
         or (before == "in" and bare)  # "cuts the village in two"
-        or before in _SEEKING or before in _VICTIMS_OF  # "hiring three"; "killed two teens": not pictured
+        or before in _SEEKING or before in _VICTIMS_OF or before in _YIELDS  # "hiring three"; "serves four"
         or (before == "for" and caption[max(0, start - 24):start - 4].lower().split()[-1:] in _LOOKING)
-    ):
+        or (len(two_before) == 2 and two_before[0] in _SHOT and before in _POSSESSIVE)  # "shot her four"
+        or (not after and before not in _STOP_BEFORE and not looks_plural(before) and _thing_word(before))
+    ):  # the last: "the art life two" closing a name (Title Case: `_in_a_title`)
         return True
-    number = caption[start:end]
     if not (number[0].isupper() and number[1:].islower() or number.isupper()):
         return False  # the rest are cues of names, titles and Title Case
     return (
@@ -81,8 +107,22 @@ def not_a_visible_count(caption: str, start: int, end: int, previous: str, after
         or (number.istitle() and (
             caption[start - 1:start] == "/"  # "(Tony Farlow/Four Seam Images)"
             or _in_a_title(caption, start, end, previous, bare)
-            or _a_work_by(caption, end)))
+            or _a_work_by(caption, end)
+            or bool(_WORK_RE.search(caption))))  # "Two Mules for Sister Sara (1970) 720p BRRip"
     )
+
+
+def _measure_of_one(after: Tokens, phrase: Sequence[str], looks_plural: Callable[[str], bool]) -> bool:
+    """"Burton Seven 154cm Snowboard", "Seven v8": a measure or a version, and no plural after it
+    ("two 5mm beads" counts beads)."""
+    return (bool(after) and after[0][0].isspace() and bool(_MEASURE_RE.fullmatch(after[0][1]))
+            and not any(looks_plural(w) for w in phrase))
+
+
+def _not_a_thing_after(after: Tokens) -> bool:
+    """"four consecutive Super Bowls", "two of a kind"."""
+    words = [w for _, w in after]
+    return bool(words) and after[0][0].isspace() and (words[0] in _STREAK or words == ["of", "a", "kind"])
 
 
 def _a_work_by(caption: str, end: int) -> bool:
@@ -109,21 +149,27 @@ def _title_case_compound(number: str, after: Tokens, phrase: Sequence[str], look
     """"Two Queen Deluxe Cabin", "Three Horse Bedding Set": in a Title Case name (number "Two" or
     "TWO") a number, a singular noun and more words with no plural among them describe one thing. (In
     lower case the same shape is too often CountBench's count: "nine vector image", "two door garage".)"""
-    if len(phrase) < 2 or not after[0][0].isspace():
+    if not after or not after[0][0].isspace():
         return False
-    plural = [looks_plural(w) or (w.endswith(("is", "us")) and vocabulary.singular(w) != w) for w in phrase]
-    return _noun_not_adjective(after[0][1]) and not any(plural)  # "Two yogis after yoga practice" counts
+    # More words: the phrase's, or two after it that it ended before at an -ing word ("Three Horse
+    # Bedding Set"; not "Two youth speaking at ...")
+    more = [w for sep, w in after[1:] if sep.isspace() and w.isalpha() and w not in _STOP_BEFORE]
+    if len(phrase) < 2 and len(more) < 2:
+        return False
+    plural = [looks_plural(w) or (w.endswith(("is", "us")) and vocabulary.singular(w) != w) for w in (*phrase, *more)]
+    return _thing_word(after[0][1]) and not any(plural)  # "Two yogis after yoga practice" counts
 
 
 @functools.lru_cache(maxsize=4096)
-def _noun_not_adjective(word: str) -> bool:
-    """lemminflect knows the word as a noun and not as an adjective ("queen", not "young" or "red")."""
+def _thing_word(word: str) -> bool:
+    """A noun, not an adjective: lemminflect knows it as a noun, or a vocabulary names it ("pan", which
+    lemminflect knows only as a verb); never a word lemminflect knows as an adjective ("young", "red")."""
     if not word.isalpha():
         return False
     from lemminflect import getAllLemmas
 
     parts = getAllLemmas(word)
-    return "NOUN" in parts and "ADJ" not in parts and "ADP" not in parts
+    return ("NOUN" in parts or vocabulary.is_visible(word)) and "ADJ" not in parts and "ADP" not in parts
 
 
 @functools.lru_cache(maxsize=4096)

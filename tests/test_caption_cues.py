@@ -22,7 +22,17 @@ NOT_COUNTS = {
                                            "shoots for two during the game", "cuts the village in two",
                                            "is looking for two school nurses", "hiring three drivers",
                                            "a crash that killed two teens"],
-    "measures": ['Two 1/2" Thin Magnetic Snaps'],
+    "measures": ['Two 1/2" Thin Magnetic Snaps', "Burton Seven 154cm Snowboard", "Seven v8 Workout"],
+    "works and listings": ["Two Mules for Sister Sara (1970) 720p BRRip x264", "Seven Minute Workout Full APK",
+                           "Love Under Two Kendalls (Lusty, Texas #9)", "Five Little Monkeys Paperback",
+                           "Homosexuality and the Bible : Two Views (03 Edition)"],
+    "names closing in a number": ["david-lynch-the-art-life-two", "toy story two"],
+    "streaks, idioms, yields": ["the Bills win four consecutive AFC crowns", "Two of a Kind Pink Dresses",
+                                "Makes two small glasses.", "This cabin sleeps four", "serves six people"],
+    "more words of a Title Case compound": ["Image of Three Horse Bedding Set",
+                                            "Three Pan Exposed Portable Steam Table with Coated Legs"],
+    "victims": ["the man who shot her four children"],
+    "abstract heads": ["the seven deadly sins", "four factors of success", "ten things to do in Rome"],
 }
 
 COUNTS = [
@@ -35,6 +45,9 @@ COUNTS = [
     ("Six Firefighters Standing By Fire Engine", 6), ('A set of six ""Merryman"" plates', 6),
     ("Two Women Arrested For Faking Injuries", 2), ("Two yogis after yoga practice", 2),
     ("Set of Six Dining Chairs with Lattice-Work Splat", 6), ('"two"', 2),
+    ("Two youth speaking at a microphone", 2), ("two 5mm beads", 2),  # a measure before the noun
+    ("a set of two", 2), ("lovely puppies two", 2), ("two straight lines", 2),
+    ("Two Dog Beds", 2), ("Two Mules", 2),  # a plural; a title cue needs a listing
 ]
 
 
