@@ -1,29 +1,33 @@
 """The ``countclip`` command. Thin: parse the config, call the job or the library.
 
     countclip experiment     [--config FILE] [--seed N] [--out DIR] [field.sub=value ...]
-    countclip build-dataset  --config FILE [field.sub=value ...]
+    countclip build-dataset  --config FILE [--overwrite] [field.sub=value ...]
     countclip train          --config FILE [field.sub=value ...]
     countclip evaluate       --config FILE [field.sub=value ...]
     countclip wise-ft        --base B --finetuned F [--alpha 0,0.25,0.5,0.75,1] [--out DIR] [field.sub=value ...]
     countclip config JOB     the job's full default config as YAML, each field's docstring as a comment
     countclip count IMAGE... --noun dogs --model CHECKPOINT|models:/name@alias [--arch countclip-tiny]
     countclip retrieve FOLDER --query "three dogs" --model ... [--top 5]
-    countclip world make-source --out DIR [--rows N] [--seed N]
+    countclip world make-source --out DIR [--rows N] [--seed N] [--overwrite]
     countclip world train-verifier --out DIR [--epochs N] [--images N] [--seed N]
     countclip world pretrain-base --out DIR [--seed N] [--threads N] [recipe_field=value ...]
 
 Each command imports what it runs inside its own function: the jobs pull in Ray, torch and MLflow
 (seconds of imports), which `countclip --help` or `countclip config` should not pay for.
+
+Bad input ends in one line on stderr and exit status 2, never a traceback (``main``); an error
+nobody foresaw is a bug: one line too, exit status 1, and COUNTCLIP_DEBUG=1 shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from countclip.config import ConfigError, commented_yaml
+from countclip.config import ConfigError, commented_yaml, one_line
 from countclip.environment import configure_environment
 
 JOBS = ("build-dataset", "train", "evaluate", "experiment", "wise-ft")
@@ -39,8 +43,35 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", default="countclip-tiny", help="open_clip architecture of a checkpoint")
 
 
+def _bounded_int(low: int, high: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {one_line(repr(text), 60)}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be in [{low}, {high:,}], got {value}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its message
+    return parse
+
+
+_positive_int = _bounded_int(1, 2**31 - 1, "a positive integer")
+_seed = _bounded_int(0, 2**32 - 1, "a seed")
+_image_side = _bounded_int(16, 4096, "an image side in pixels")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the full usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"countclip: {self.prog.removeprefix('countclip ')}: {one_line(message, MAX_MESSAGE)} "
+                     f"(see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="countclip", description="Teach CLIP to count.")
+    parser = _Parser(prog="countclip", description="Teach CLIP to count.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     exp = commands.add_parser("experiment", help="the CountWorld counting experiment: base vs control vs CountCLIP")
@@ -52,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("build-dataset", help="build the verified counting dataset on Ray Data")
     _add_config_args(build)
+    build.add_argument("--overwrite", action="store_true",
+                       help="write into an output folder holding other files (kept; shortcut for overwrite=true)")
     build.set_defaults(run=_build_dataset)
 
     train = commands.add_parser("train", help="fine-tune with L_clip + lambda L_count on Ray Train (FSDP)")
@@ -80,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve = commands.add_parser("retrieve", help='rank a folder of images for a query such as "three dogs"')
     retrieve.add_argument("folder")
     retrieve.add_argument("--query", required=True)
-    retrieve.add_argument("--top", type=int, default=5)
+    retrieve.add_argument("--top", type=_positive_int, default=5)
     _add_model_args(retrieve)
     retrieve.set_defaults(run=_retrieve)
 
@@ -92,23 +125,25 @@ def build_parser() -> argparse.ArgumentParser:
     world_commands = world.add_subparsers(dest="world_command", required=True)
     source = world_commands.add_parser("make-source", help="write a noisy LAION-style parquet source + ground truth")
     source.add_argument("--out", required=True)
-    source.add_argument("--rows", type=int, default=20000)
-    source.add_argument("--seed", type=int, default=0)
-    source.add_argument("--image-size", type=int, default=128)
-    source.add_argument("--grid", type=int, default=None, help="place objects one per cell of a GRIDxGRID lattice")
+    source.add_argument("--rows", type=_positive_int, default=20000)
+    source.add_argument("--seed", type=_seed, default=0)
+    source.add_argument("--image-size", type=_image_side, default=128)
+    source.add_argument("--grid", type=_positive_int, default=None, help="place objects one per cell of a GRIDxGRID lattice")
+    source.add_argument("--overwrite", action="store_true", help="write into a folder holding other files (kept)")
     source.set_defaults(run=_make_source)
     clean = world_commands.add_parser("make-dataset", help="write a training dataset straight from CountWorld's truth")
     clean.add_argument("--out", required=True)
-    clean.add_argument("--rows", type=int, default=4000)
-    clean.add_argument("--seed", type=int, default=0)
-    clean.add_argument("--image-size", type=int, default=64)
+    clean.add_argument("--rows", type=_positive_int, default=4000)
+    clean.add_argument("--seed", type=_seed, default=0)
+    clean.add_argument("--image-size", type=_image_side, default=64)
+    clean.add_argument("--overwrite", action="store_true", help="write into a folder holding other files (kept)")
     clean.set_defaults(run=_make_clean_dataset)
     verifier = world_commands.add_parser("train-verifier", help="train the small YOLO that counts CountWorld objects")
     verifier.add_argument("--out", required=True)
-    verifier.add_argument("--seed", type=int, default=0)
-    verifier.add_argument("--images", type=int, default=1000)
-    verifier.add_argument("--epochs", type=int, default=100)
-    verifier.add_argument("--image-size", type=int, default=128)
+    verifier.add_argument("--seed", type=_seed, default=0)
+    verifier.add_argument("--images", type=_positive_int, default=1000)
+    verifier.add_argument("--epochs", type=_positive_int, default=100)
+    verifier.add_argument("--image-size", type=_image_side, default=128)
     verifier.add_argument("--device", default="cpu")
     verifier.set_defaults(run=_train_verifier)
     base = world_commands.add_parser("pretrain-base", help="train the stand-in pretrained CLIP that knows CountWorld's objects")
@@ -119,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     base.set_defaults(run=_pretrain_base)
     check = world_commands.add_parser("eval-verifier", help="exact-count accuracy of a verifier on fresh scenes")
     check.add_argument("--weights", default="countworld")
-    check.add_argument("--seed", type=int, default=2026)
-    check.add_argument("--n", type=int, default=300)
+    check.add_argument("--seed", type=_seed, default=2026)
+    check.add_argument("--n", type=_positive_int, default=300)
     check.set_defaults(run=_eval_verifier)
     return parser
 
@@ -180,7 +215,7 @@ def _experiment(args: argparse.Namespace) -> int:
 def _build_dataset(args: argparse.Namespace) -> int:
     from countclip.jobs.build_dataset import BuildConfig, build_dataset
 
-    cfg = BuildConfig.load(args.config, list(args.overrides))
+    cfg = BuildConfig.load(args.config, list(args.overrides) + (["overwrite=true"] if args.overwrite else []))
     build_dataset(cfg, echo=lambda line: print(line, flush=True))
     return 0
 
@@ -234,20 +269,36 @@ def _count(args: argparse.Namespace) -> int:
 
 def _retrieve(args: argparse.Namespace) -> int:
     from countclip.evaluate import IMAGE_SUFFIXES
+    from countclip.images import ImageError, open_image
 
-    paths = sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise ValueError(f"{args.folder} holds no images")
-    scores = _predictor(args).rank(paths, args.query)
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} {'is not a folder' if folder.exists() else 'does not exist'}; retrieve ranks "
+                         "the images of a folder")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images, kept, unreadable = [], [], []
+    for path in paths:  # unreadable images are counted and skipped, as evaluate does
+        try:
+            images.append(open_image(path))
+            kept.append(path)
+        except (ImageError, ValueError, OSError) as exc:
+            unreadable.append(f"{path.name}: {exc}")
+    if unreadable:
+        print(f"countclip: skipped {len(unreadable)} unreadable image(s) of {len(paths)} "
+              f"(e.g. {one_line(unreadable[0], 150)})", file=sys.stderr)
+    if not images:
+        raise ValueError(f"{folder} holds no {'readable ' if paths else ''}images")
+    scores = _predictor(args).rank(images, args.query)
     for index in scores.argsort()[::-1][: args.top]:
-        print(f"{scores[index]:.3f}\t{paths[index]}")
+        print(f"{scores[index]:.3f}\t{kept[index]}")
     return 0
 
 
 def _make_clean_dataset(args: argparse.Namespace) -> int:
     from countclip.world.files import write_clean_dataset
 
-    manifest = write_clean_dataset(args.out, seed=args.seed, rows=args.rows, image_size=args.image_size)
+    manifest = write_clean_dataset(args.out, seed=args.seed, rows=args.rows, image_size=args.image_size,
+                                   overwrite=args.overwrite)
     print(f"dataset: {args.out} ({manifest['rows_written']} rows)")
     return 0
 
@@ -255,7 +306,8 @@ def _make_clean_dataset(args: argparse.Namespace) -> int:
 def _make_source(args: argparse.Namespace) -> int:
     from countclip.world.files import write_source
 
-    paths = write_source(args.out, seed=args.seed, rows=args.rows, image_size=args.image_size, grid=args.grid)
+    paths = write_source(args.out, seed=args.seed, rows=args.rows, image_size=args.image_size, grid=args.grid,
+                         overwrite=args.overwrite)
     print(f"source: {paths['source']}\nground truth: {paths['truth']}")
     return 0
 
@@ -292,11 +344,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except ConfigError as exc:
-        print(f"countclip: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, KeyError, PermissionError, ConnectionError) as exc:
-        print(f"countclip: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"configuration error: {exc}", 2)
+    except (OSError, ValueError, KeyError, RecursionError) as exc:  # bad input: files, values, URIs
+        return _fail(str(exc) if not isinstance(exc, KeyError) else f"missing key {exc}", 2)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as exc:  # a bug: still one line, unless asked for the traceback
+        if os.environ.get("COUNTCLIP_DEBUG", "").strip() not in ("", "0"):
+            raise
+        return _fail(f"unexpected {type(exc).__name__}: {exc} (a bug; COUNTCLIP_DEBUG=1 shows the traceback)", 1)
+
+
+MAX_MESSAGE = 600
+
+
+def _fail(message: str, status: int) -> int:
+    """One line on stderr: bounded, control characters escaped, secrets in URIs masked."""
+    from countclip.tracking import mask_credentials
+
+    print(f"countclip: {one_line(mask_credentials(message), MAX_MESSAGE)}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

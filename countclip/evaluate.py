@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from countclip import storage
+from countclip.config import excerpt
 from countclip.images import ImageError, read_image_file
 from countclip.numbers import COUNTS, WORD_FOR_COUNT, caption_variants, count_prompt
 
@@ -54,8 +55,12 @@ def load_countbench(path: str | Path) -> list[dict]:
         entries = json.loads(storage.read_bytes(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"benchmark file {path} does not exist") from None
+    except storage.NotARegularFile:
+        raise ValueError(f"benchmark file {path} is a folder or not a regular file; name the JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"benchmark file {path} is not valid JSON: {exc}") from None
+    except RecursionError:  # json's parser recurses once per nesting level
+        raise ValueError(f"benchmark file {path} is nested too deeply to be a CountBench file") from None
     if not isinstance(entries, list):
         raise ValueError(f"benchmark file {path} must hold a JSON list of entries")
     for i, entry in enumerate(entries):
@@ -63,7 +68,7 @@ def load_countbench(path: str | Path) -> list[dict]:
         if missing:
             raise ValueError(f"benchmark file {path}: entry {i} lacks field(s) {missing}; each entry needs {list(REQUIRED_FIELDS)}")
         if not isinstance(entry["number"], int) or entry["number"] not in COUNTS:
-            raise ValueError(f"benchmark file {path}: entry {i} has number {entry['number']!r}, expected an integer 2..10")
+            raise ValueError(f"benchmark file {path}: entry {i} has number {excerpt(entry['number'])}, expected an integer 2..10")
         if not isinstance(entry["text"], str) or not isinstance(entry["image_url"], str):
             raise ValueError(f"benchmark file {path}: entry {i} needs string image_url and text")
     return entries
