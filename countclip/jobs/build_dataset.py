@@ -178,13 +178,16 @@ def check_output_apart(cfg: BuildConfig, files: list[str]) -> None:
                          "would replace it. Choose another output folder")
 
 
-def check_capacity(c: ClusterConfig, cluster: dict[str, float], nodes: list[dict[str, float]] | None = None) -> None:
+def check_capacity(c: ClusterConfig, cluster: dict[str, float], nodes: list[dict[str, float]] | None = None,
+                   verify: bool = True) -> None:
     """Refuse, up front, actor pools the cluster can never hold: Ray would wait for ever ("pending:
     1 GPU"). The pools hold their resources for the whole job, and Ray Data's file listing and read
     tasks each need one whole CPU besides. ``cluster``: the cluster's resource totals; ``nodes``: each
-    alive node's, when known (one actor's needs must fit on one node)."""
-    pools = {"fetch": (c.fetch_actors, {"CPU": c.fetch_cpus, **c.fetch_resources}),
-             "verify": (c.verify_actors, {"CPU": c.verify_cpus, "GPU": c.verify_gpus, **c.verify_resources})}
+    alive node's, when known (one actor's needs must fit on one node); ``verify``: whether the YOLO
+    pool runs at all (verify.enabled)."""
+    pools = {"fetch": (c.fetch_actors, {"CPU": c.fetch_cpus, **c.fetch_resources})}
+    if verify:
+        pools["verify"] = (c.verify_actors, {"CPU": c.verify_cpus, "GPU": c.verify_gpus, **c.verify_resources})
     reserved: dict[str, float] = {}
     for actors, need in pools.values():
         for name, amount in need.items():
@@ -222,7 +225,8 @@ def build_dataset(cfg: BuildConfig, echo=print) -> dict:
     echo(f"[build] {len(files)} source file(s), {sum(f['rows'] for f in fingerprint['files'])} rows")
     if not ray.is_initialized():
         ray.init(**ray_init_args(cfg.cluster.address, cfg.cluster.local_cpus), log_to_driver=False)
-    check_capacity(cfg.cluster, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+    check_capacity(cfg.cluster, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n.get("Alive")],
+                   cfg.verify.enabled)
     with _staging_area(cfg.output) as staging:
         tallies = _run_pipeline(cfg, files, columns, staging)
         manifest = _balance_and_write(cfg, tallies, staging, fingerprint, echo)
@@ -246,7 +250,7 @@ def _staging_area(output: str):
         yield str(folder)
 
 
-def _run_pipeline(cfg: BuildConfig, files: list[str], columns: list[str], staging: str) -> pa.Table:
+def _run_pipeline(cfg: BuildConfig, files: list[str], columns: dict, staging: str) -> pa.Table:
     filesystem, _ = storage.arrow_filesystem(files[0])
     paths = [storage.arrow_filesystem(f)[1] for f in files]
     # Ray Data spreads tasks and actors over the nodes by default (DataContext.scheduling_strategy).

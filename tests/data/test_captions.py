@@ -230,6 +230,7 @@ def test_bad_captions_in_the_stage_are_rows_with_a_reason_never_a_crash():
     out = CaptionFilter(CaptionConfig(non_counting_rate=0.0))(batch).to_pandas()
     kept = out[out.status == "ok"]
     assert kept.caption_count.tolist() == [3, 2] and kept.caption.str.len().tolist() == [len(huge), 8]
-    assert out[out.status != "ok"].set_index("status").n_rows.to_dict() == {"no_caption": 3, "not_sampled": 1}
+    assert out[out.status != "ok"].set_index("status").n_rows.to_dict() == {"no_caption": 2, "undecodable_caption": 1,
+                                                                        "not_sampled": 1}
     with pytest.raises(TypeError, match="int"):
         parse_captions(["two dogs", 7])  # not text at all: a clear error
