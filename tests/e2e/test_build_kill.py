@@ -112,25 +112,26 @@ def test_killed_builds_leave_no_complete_looking_partial_and_a_rerun_cleans_up(t
     previous = _files(out)
     shards = {name: digest for name, digest in previous.items() if name.startswith("shards/")}
 
-    def staging() -> bool:
-        return any(name.startswith(".dataset.staging-") for name in _leftovers(out))
-
-    def writing() -> bool:
-        return any(name.startswith(".dataset.tmp-") for name in _leftovers(out))
+    def appeared(prefix: str):
+        """A condition: this run's own folder of that prefix exists (a killed run's leftovers do not count)."""
+        before = set(_leftovers(out))
+        return lambda: any(name.startswith(prefix) and name not in before for name in _leftovers(out))
 
     fresh = tmp_path / "first" / "dataset"
     fresh.parent.mkdir()
     runs = [
-        ("a random moment", out, lambda: True, rng.uniform(0.2, 0.7) * duration),
-        ("while rows are staged", out, staging, rng.uniform(0.0, 3.0)),
-        ("as the shards are written", out, writing, 0.0),
-        ("a random moment of a first build", fresh, lambda: True, rng.uniform(0.2, 0.7) * duration),
+        ("a random moment", out, None, rng.uniform(0.2, 0.7) * duration),
+        ("while rows are staged", out, ".dataset.staging-", rng.uniform(0.0, 3.0)),
+        ("as the shards are written", out, ".dataset.tmp-", 0.0),
+        ("a random moment of a first build", fresh, None, rng.uniform(0.2, 0.7) * duration),
     ]
     outcomes = []
-    for index, (when, output, ready, delay) in enumerate(runs):
+    for index, (when, output, folder, delay) in enumerate(runs):
+        ready = appeared(folder) if folder else (lambda: True)
         proc = _start(_build_args(source, output), tmp_path, tmp_path / f"kill{index}.log")
+        tic = time.monotonic()
         outcome = _run_until(proc, ready, delay, limit=duration * 3)
-        outcomes.append((when, round(delay, 2), outcome, _leftovers(output)))
+        outcomes.append((when, round(time.monotonic() - tic, 1), outcome, _leftovers(output)))
         if output == out:  # the dataset there before: untouched, or replaced whole by an identical build
             now = _files(out)
             assert now == previous or (outcome == "finished" and _complete(out)
