@@ -47,6 +47,9 @@ class RegisterConfig(ConfigBase):
     """Alias moved to the new version only when it is better (see zeroshot_tolerance)."""
     zeroshot_tolerance: float = 0.03
     """Largest zero-shot accuracy drop (fraction) a better counter may have and still be promoted."""
+    allow_image_paths: bool = False
+    """Log the model for batch scoring on trusted hosts: it then also reads `image_path` rows from the
+    disk it runs on. Off, it takes encoded image bytes only (what a served model must do)."""
 
     def __post_init__(self) -> None:
         require(0 <= self.zeroshot_tolerance <= 1, "register.zeroshot_tolerance must be in [0, 1]")
@@ -237,7 +240,7 @@ def _log_and_register(cfg: EvalJobConfig, metrics: dict, out: Path, folder: str 
     decision = {"run_id": run_id}
     if folder is not None:
         example = png_bytes(render(sample_scene(np.random.default_rng(0), 3), 64))
-        model_uri = tracking.log_count_model(cfg.tracking, run_id, folder, example)
+        model_uri = tracking.log_count_model(cfg.tracking, run_id, folder, example, cfg.register.allow_image_paths)
         decision["model_uri"] = model_uri
         if cfg.register.name:
             decision |= tracking.register_and_promote(cfg.tracking, model_uri, cfg.register.name, metrics,
