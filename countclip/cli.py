@@ -6,7 +6,7 @@
     countclip evaluate       --config FILE [field.sub=value ...]
     countclip wise-ft        --base B --finetuned F [--alpha 0,0.25,0.5,0.75,1] [--out DIR] [field.sub=value ...]
     countclip config JOB     the job's full default config as YAML, each field's docstring as a comment
-    countclip export CHECKPOINT --arch countclip-tiny --out DIR   the open_clip folder (local-dir:DIR)
+    countclip export CHECKPOINT --arch countclip-tiny --out DIR [--overwrite]   the open_clip folder (local-dir:DIR)
     countclip count IMAGE... --noun dogs --model CHECKPOINT|models:/name@alias [--arch countclip-tiny]
     countclip retrieve FOLDER --query "three dogs" --model ... [--top 5]
     countclip world make-source --out DIR [--rows N] [--seed N] [--overwrite]
@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("checkpoint", help="checkpoint file (local or s3://), pretrained tag, or local-dir:/hf-hub: folder")
     export.add_argument("--arch", default="countclip-tiny", help="open_clip architecture of the checkpoint")
     export.add_argument("--out", required=True,
-                        help="folder to write (a previous export is replaced whole, one holding other files refused), "
-                             "or s3:// prefix")
+                        help="folder to write (a previous export is replaced whole), or s3:// prefix")
+    export.add_argument("--overwrite", action="store_true", help="write into a folder holding other files (kept)")
     export.set_defaults(run=_export)
 
     config = commands.add_parser("config", help="print a job's default config as YAML, with each field's docstring")
@@ -245,7 +245,7 @@ def _wise_ft(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from countclip.export import export_folder
 
-    out = export_folder(args.checkpoint, args.arch, args.out)
+    out = export_folder(args.checkpoint, args.arch, args.out, overwrite=args.overwrite)
     print(f"open_clip folder: {out} (open_clip.create_model_and_transforms('local-dir:{out}'))")
     return 0
 

@@ -31,6 +31,7 @@ _UNMARKED = {
     "dataset": ("manifest.json", ("manifest.json", "summary.txt", "shards/*.parquet")),
     "source": ("source.parquet", ("source.parquet", "truth.parquet", "images/*.png")),
     "benchmark": ("countworld_bench.json", ("countworld_bench.json", "images/*.png")),
+    "model folder": ("open_clip_config.json", ("open_clip_config.json", "open_clip_model.safetensors", "README.md")),
 }
 
 

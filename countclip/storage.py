@@ -125,17 +125,17 @@ def write_text(uri: str | Path, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
-def write_folder(uri: str | Path, files: dict[str, bytes]) -> None:
-    """Write a folder of files (name -> bytes) whole: a local one appears all at once (``atomic_dir``);
-    under an s3:// prefix each object is written in the given order, so put the file that readers
-    open first (a config naming the rest) last."""
+def write_folder(uri: str | Path, files: dict[str, bytes], kind: str = "model folder", overwrite: bool = False) -> None:
+    """Write a folder of files (name -> bytes) whole: a local one appears all at once, under the
+    output-folder rule for a ``kind`` folder (``atomic_dir``); under an s3:// prefix each object is
+    written in the given order, so put the file that readers open first (a config naming the rest) last."""
     if is_s3(uri):
         for name, data in files.items():
             write_bytes(f"{str(uri).rstrip('/')}/{name}", data)
         return
     from countclip.output_folder import atomic_dir  # it builds on this module
 
-    with atomic_dir(local_path(uri)) as tmp:
+    with atomic_dir(local_path(uri), kind, overwrite) as tmp:
         tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared model from its other readers
         for name, data in files.items():
             (tmp / name).write_bytes(data)

@@ -79,7 +79,7 @@ def write_zeroshot_wds(root: str | Path, seed: int, n: int, image_size: int, sam
     pngs = [png_bytes(image) for image in images]
     root = Path(root)
     names = []
-    with output_folder.atomic_dir(root, "zeroshot", overwrite) as tmp:
+    with output_folder.atomic_dir(root, "zero-shot set", overwrite) as tmp:
         for task, classes in ZEROSHOT_TASKS.items():
             folder = tmp / "wds" / f"countworld_{task}"
             (folder / "test").mkdir(parents=True)

@@ -119,6 +119,16 @@ PROBES = [
           r"--rows: a positive integer must be in \[1, "),
     Probe("make_dataset_over_other_files", ("world", "make-dataset", "--out", "{work}/out", "--rows", "3"),
           r"already holds 1 file\(s\) that countclip did not write as a dataset", setup="thesis"),
+    Probe("make_zeroshot_over_other_files", ("world", "make-zeroshot", "--out", "{work}/out", "--images", "3"),
+          r"already holds 1 file\(s\) that countclip did not write as a zero-shot set", setup="thesis"),
+    # open_clip folders (countclip export, local-dir:)
+    Probe("export_over_other_files", ("export", MODEL, "--out", "{work}/out"),
+          r"already holds 1 file\(s\) that countclip did not write as a model folder \(thesis.tex\)", setup="thesis"),
+    Probe("open_clip_folder_without_config", count(model="local-dir:{in}/ckpt"), r"ckpt holds no open_clip_config.json"),
+    Probe("open_clip_folder_config_not_json", count(model="local-dir:{in}/folder/badconfig"),
+          r"local-dir:.*badconfig is not a loadable open_clip folder"),
+    Probe("open_clip_folder_garbage_weights", count(model="local-dir:{in}/folder/badweights"),
+          r"local-dir:.*badweights is not a loadable open_clip folder"),
     # images given to `count`
     Probe("png_with_a_corrupt_chunk", count("{in}/img/badcrc.png"), r"badcrc.png is not a readable image: a corrupt PNG"),
     Probe("decompression_bomb_png", count("{in}/img/bomb.png"), r"bomb.png .* 12000x12000 pixels, more than the 40,000,000"),
@@ -171,6 +181,8 @@ PROBES = [
           setup="fifo"),
     Probe("countbench_images_all_missing", evaluate("countbench={in}/badbench/lost.json"),
           r"none of the 2 benchmark images was found"),
+    Probe("zeroshot_wds_not_a_wds_folder", evaluate("zeroshot_wds=[{in}/cfg]"),
+          r"cfg is not a CLIP_benchmark webdataset folder"),
     Probe("evaluate_checkpoint_garbage", evaluate("model.pretrained={in}/ckpt/list.pt"), r"list.pt holds a list"),
     Probe("tracking_uri_with_a_password", evaluate("tracking.enabled=true", "tracking.uri=http://ann:hunter2@127.0.0.1:9"),
           r"MLflow tracking server http://ann:\*\*\*@127.0.0.1:9 is unreachable"),
@@ -219,11 +231,16 @@ def _write_inputs(root: Path, tiny_model) -> None:
     import torch
     from PIL import Image
 
+    from countclip.export import export_folder
     from countclip.model import export_checkpoint
     from countclip.world.files import write_benchmark, write_source
 
     model, _, _ = tiny_model
     export_checkpoint(model, root / "model.pt")
+    export_folder(str(root / "model.pt"), "countclip-tiny", root / "folder/badweights")
+    (root / "folder/badweights/open_clip_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json")
+    (root / "folder/badconfig").mkdir()
+    (root / "folder/badconfig/open_clip_config.json").write_text("not json")
     (root / "ckpt").mkdir()
     torch.save({}, root / "ckpt/empty_dict.pt")
     torch.save(torch.zeros(3), root / "ckpt/tensor.pt")
@@ -498,15 +515,14 @@ def _post(url: str, frame: dict) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def served_model(tmp_path_factory, checkpoints):
-    """The counting model as `countclip evaluate` logs it (bytes only), served by `mlflow models
-    serve --env-manager local` on 127.0.0.1; yields its /invocations URL."""
+def served_model(tmp_path_factory, open_clip_folders):
+    """The counting model as `countclip evaluate` logs it (its open_clip folder, bytes only), served by
+    `mlflow models serve --env-manager local` on 127.0.0.1; yields its /invocations URL."""
     from countclip import tracking
 
     folder = tmp_path_factory.mktemp("served")
     cfg = tracking.TrackingConfig(uri=f"sqlite:///{folder / 'mlflow.db'}", experiment="served")
-    uri = tracking.log_count_model(cfg, tracking.start_run(cfg, "r", {}, {}), checkpoints / "a.pt", "countclip-tiny",
-                                   scene_png())
+    uri = tracking.log_count_model(cfg, tracking.start_run(cfg, "r", {}, {}), open_clip_folders / "a", scene_png())
     port = free_port()
     venv_bin = Path(sys.executable).parent  # mlflow runs `uvicorn` from PATH
     env = cli_env(MLFLOW_TRACKING_URI=cfg.resolved_uri(), PATH=f"{venv_bin}{os.pathsep}{os.environ['PATH']}")
