@@ -68,15 +68,16 @@ def check_columns(cfg: CaptionConfig, columns: list[str] | dict[str, pa.DataType
         )
     if not isinstance(columns, dict):
         return
-    roles = [("url_column", cfg.url_column, _is_text), ("text_column", cfg.text_column, _is_text)]
-    roles += [("id_column", cfg.id_column, lambda t: _is_text(t) or pa.types.is_integer(t))] if cfg.id_column else []
+    roles = [("url_column", cfg.url_column, is_text_type), ("text_column", cfg.text_column, is_text_type)]
+    roles += [("id_column", cfg.id_column, lambda t: is_text_type(t) or pa.types.is_integer(t))] if cfg.id_column else []
     for role, name, accepted in roles:
         if not accepted(columns[name]):
             raise ValueError(f"the source column {name!r} (captions.{role}) has type {columns[name]}; expected "
                              f"text (string or binary){' or integers' if role == 'id_column' else ''}")
 
 
-def _is_text(kind: pa.DataType) -> bool:
+def is_text_type(kind: pa.DataType) -> bool:
+    """Whether a column of ``kind`` holds text the caption stage reads (string or binary, any width, or null)."""
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
     return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
@@ -291,7 +292,7 @@ def decoded_text(column: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarr
     kind, bad = column.type, np.zeros(len(column), dtype=bool)
     if pa.types.is_null(kind):
         return pa.nulls(len(column), pa.string()), bad
-    if not _is_text(kind):
+    if not is_text_type(kind):
         raise ValueError(f"a text column has type {kind}; expected text (string or binary)")
     if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind):
         column = column.cast(pa.large_binary())

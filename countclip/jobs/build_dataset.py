@@ -31,7 +31,7 @@ from ray.data import ActorPoolStrategy
 
 from countclip import output_folder, storage
 from countclip.config import ConfigBase, require
-from countclip.data.captions import CaptionConfig, CaptionFilter, check_columns
+from countclip.data.captions import CaptionConfig, CaptionFilter, check_columns, is_text_type
 from countclip.data.fetch import FetchConfig
 from countclip.data.shards import ShardConfig, check_output, select_rows, write_dataset
 from countclip.data.stages import (
@@ -128,7 +128,9 @@ def inspect_source(source: list[str]) -> tuple[list[str], dict[str, pa.DataType]
         types = dict(zip(schema.names, schema.types))
         if columns is None:
             columns = types
-        for name in [c for c in columns if c in types and types[c] != columns[c]]:
+        # Text may be string in one file and binary in another: the caption stage decodes row by row.
+        for name in [c for c in columns if c in types and types[c] != columns[c]
+                     and not (is_text_type(types[c]) and is_text_type(columns[c]))]:
             raise ValueError(f"source file {uri} has column {name!r} of type {types[name]}, the others {columns[name]}")
         columns = {c: t for c, t in columns.items() if c in types}
         described.append({"uri": uri, "rows": rows, "row_groups": row_groups})

@@ -80,6 +80,18 @@ def test_schema_and_source_errors_stop_before_any_work(source, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_source_files_must_agree_on_column_types_but_text_may_be_string_or_binary(tmp_path):
+    from countclip.jobs.build_dataset import inspect_source
+
+    pq.write_table(pa.table({"ID": ["a"], "TEXT": ["three dogs"]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"ID": ["b"], "TEXT": pa.array([b"\xff two cats"], pa.binary())}), tmp_path / "b.parquet")
+    files, columns, _ = inspect_source([str(tmp_path)])
+    assert len(files) == 2 and set(columns) == {"ID", "TEXT"}
+    pq.write_table(pa.table({"ID": ["c"], "TEXT": [3]}), tmp_path / "c.parquet")
+    with pytest.raises(ValueError, match=r"c.parquet has column 'TEXT' of type int64, the others string"):
+        inspect_source([str(tmp_path)])
+
+
 def test_actor_pools_that_leave_no_cpu_for_reading_are_refused():
     from countclip.jobs.build_dataset import ClusterConfig, check_capacity
 
