@@ -292,6 +292,19 @@ def zeroshot_imagefolder(model, tokenizer, preprocess, root: str | Path, device=
     return {"accuracy": accuracy, "classes": len(classes), "images": len(images), "unreadable": skipped}
 
 
+def wds_layout(folder: str | Path, split: str = "test") -> tuple[list[str], list[str], int]:
+    """(class names, templates, shard count) of a CLIP_benchmark webdataset folder; ValueError if it is none
+    (the evaluate job checks this before any work)."""
+    folder = Path(folder)
+    try:
+        classes = (folder / "classnames.txt").read_text().split("\n")
+        templates = (folder / "zeroshot_classification_templates.txt").read_text().split("\n")
+        shards = int((folder / split / "nshards.txt").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{folder} is not a CLIP_benchmark webdataset folder ({one_line(exc, 150)})") from None
+    return [c.strip() for c in classes if c.strip()], [t.strip() for t in templates if t.strip()], shards
+
+
 def zeroshot_wds(model, tokenizer, preprocess, folder: str | Path, split: str = "test", device="cpu") -> dict:
     """Zero-shot accuracy on a classification set in CLIP_benchmark's webdataset layout
     (``split/nshards.txt``, ``split/0.tar`` .. of ``<key>.<image ext>`` + ``<key>.cls``, ``classnames.txt``,
@@ -300,13 +313,7 @@ def zeroshot_wds(model, tokenizer, preprocess, folder: str | Path, split: str = 
     import tarfile
 
     folder = Path(folder)
-    try:
-        classes = (folder / "classnames.txt").read_text().split("\n")
-        templates = (folder / "zeroshot_classification_templates.txt").read_text().split("\n")
-        shards = int((folder / split / "nshards.txt").read_text())
-    except (FileNotFoundError, ValueError) as exc:
-        raise ValueError(f"{folder} is not a CLIP_benchmark webdataset folder ({exc})") from None
-    classes, templates = [c.strip() for c in classes if c.strip()], [t.strip() for t in templates if t.strip()]
+    classes, templates, shards = wds_layout(folder, split)
     samples: dict[str, dict[str, bytes]] = {}
     for shard in range(shards):
         try:

@@ -26,6 +26,7 @@ from countclip.evaluate import (
     open_benchmark_image,
     retrieval_metrics,
     save_confusion_png,
+    wds_layout,
     zeroshot_imagefolder,
     zeroshot_wds,
 )
@@ -152,6 +153,8 @@ def run_evaluation(cfg: EvalJobConfig, echo=print) -> dict:
     tic = time.perf_counter()
     tracking.quiet_mlflow()
     entries = load_countbench(cfg.countbench)  # a malformed file stops here, before anything is logged
+    for folder in cfg.zeroshot_wds:
+        wds_layout(folder)  # so does a zero-shot folder that is not one
     tracking.check_reachable(cfg.tracking)
     model, preprocess, tokenizer = load_model(cfg.model)
     if cfg.wise_ft is not None:  # the blend is what gets evaluated, exported and registered

@@ -131,15 +131,18 @@ def test_killed_builds_leave_no_complete_looking_partial_and_a_rerun_cleans_up(t
         proc = _start(_build_args(source, output), tmp_path, tmp_path / f"kill{index}.log")
         tic = time.monotonic()
         outcome = _run_until(proc, ready, delay, limit=duration * 3)
-        outcomes.append((when, round(time.monotonic() - tic, 1), outcome, _leftovers(output)))
+        state = None
         if output == out:  # the dataset there before: untouched, or replaced whole by an identical build
-            now = _files(out)
-            assert now == previous or (outcome == "finished" and _complete(out)
+            now = _files(out)  # (a kill may land after the swap, while the build's Ray shuts down: whole too)
+            state = "kept byte for byte" if now == previous else "replaced whole"
+            assert now == previous or (_complete(out)
                                        and {k: v for k, v in now.items() if k.startswith("shards/")} == shards), when
         else:  # a first build that was killed has no manifest: nothing there looks complete
             assert (outcome == "finished" and _complete(fresh)) or not (fresh / "manifest.json").exists(), when
+        outcomes.append((when, round(time.monotonic() - tic, 1), outcome, state, _leftovers(output)))
     print("kill runs:", json.dumps(outcomes))
-    assert sum(outcome == "killed" for _, _, outcome, _ in outcomes) >= 3, outcomes
+    assert sum(outcome == "killed" for _, _, outcome, _, _ in outcomes) >= 3, outcomes
+    assert any(outcome == "killed" and state == "kept byte for byte" for _, _, outcome, state, _ in outcomes), outcomes
 
     rerun = subprocess.run([sys.executable, "-m", "countclip.cli", *_build_args(source, out)], cwd=tmp_path,
                            env=cli_env(), capture_output=True, text=True, timeout=400)
