@@ -1,74 +1,78 @@
 """The ``countclip`` command. Thin: parse the config, call the job or the library.
 
     countclip experiment     [--config FILE] [--seed N] [--out DIR] [field.sub=value ...]
-    countclip build-dataset  --config FILE [--ray-progress] [field.sub=value ...]
+    countclip build-dataset  --config FILE [--ray-progress] [--overwrite] [field.sub=value ...]
     countclip train          --config FILE [field.sub=value ...]
     countclip evaluate       --config FILE [field.sub=value ...]
     countclip wise-ft        --base B --finetuned F [--alpha 0,0.25,0.5,0.75,1] [--out DIR] [field.sub=value ...]
     countclip config JOB     the job's full default config as YAML, each field's docstring as a comment
-    countclip export CHECKPOINT --arch countclip-tiny --out DIR   the open_clip folder (local-dir:DIR)
+    countclip export CHECKPOINT --arch countclip-tiny --out DIR [--overwrite]   the open_clip folder (local-dir:DIR)
     countclip count IMAGE... --noun dogs --model CHECKPOINT|models:/name@alias [--arch countclip-tiny]
     countclip retrieve FOLDER --query "three dogs" --model ... [--top 5]
-    countclip world make-source --out DIR [--rows N] [--seed N]
-    countclip world make-zeroshot --out DIR [--images N] [--seed N]   CLIP_benchmark's wds/ layout
+    countclip world make-source --out DIR [--rows N] [--seed N] [--overwrite]
+    countclip world make-zeroshot --out DIR [--images N] [--seed N] [--overwrite]   CLIP_benchmark's wds/ layout
     countclip world train-verifier --out DIR [--epochs N] [--images N] [--seed N]
     countclip world pretrain-base --out DIR [--seed N] [--threads N] [recipe_field=value ...]
 
 Each command imports what it runs inside its own function: the jobs pull in Ray, torch and MLflow
 (seconds of imports), which `countclip --help` or `countclip config` should not pay for.
+
+Bad input ends in one line on stderr and exit status 2, never a traceback (``main``); an error
+nobody foresaw is a bug: one line too, exit status 1, and COUNTCLIP_DEBUG=1 shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from countclip.config import ConfigError, commented_yaml
+from countclip.arguments import (
+    MAX_MESSAGE,
+    OneLineParser,
+    add_config_args,
+    add_model_args,
+    image_side,
+    positive_int,
+    seed_int,
+)
+from countclip.config import ConfigError, commented_yaml, one_line
 from countclip.environment import configure_environment
 
 JOBS = ("build-dataset", "train", "evaluate", "experiment", "wise-ft")
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (defaults apply to fields it leaves out)")
-    parser.add_argument("overrides", nargs="*", metavar="field.sub=value", help="override single config fields")
-
-
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="checkpoint (local or s3://), local-dir:DIR or hf-hub:NAME folder, or models:/name@alias")
-    parser.add_argument("--arch", default="countclip-tiny", help="open_clip architecture of a checkpoint")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="countclip", description="Teach CLIP to count.")
+    parser = OneLineParser(prog="countclip", description="Teach CLIP to count.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     exp = commands.add_parser("experiment", help="the CountWorld counting experiment: base vs control vs CountCLIP")
-    _add_config_args(exp)
+    add_config_args(exp)
     exp.add_argument("--seed", type=int, help="master seed (shortcut for seed=N)")
     exp.add_argument("--out", help="output folder (shortcut for out=DIR)")
     exp.add_argument("--base", help="countworld (the shipped base, default), a checkpoint, or scratch (shortcut for base=...)")
     exp.set_defaults(run=_experiment)
 
     build = commands.add_parser("build-dataset", help="build the verified counting dataset on Ray Data")
-    _add_config_args(build)
+    add_config_args(build)
     build.add_argument("--ray-progress", action="store_true",
                        help="show Ray Data's own progress bars and INFO log (default: one [build] progress line)")
+    build.add_argument("--overwrite", action="store_true",
+                       help="write into an output folder holding other files (kept; shortcut for overwrite=true)")
     build.set_defaults(run=_build_dataset)
 
     train = commands.add_parser("train", help="fine-tune with L_clip + lambda L_count on Ray Train (FSDP)")
-    _add_config_args(train)
+    add_config_args(train)
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", help="CountBench, zero-shot, retrieval; log and register in MLflow")
-    _add_config_args(evaluate)
+    add_config_args(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
     wise = commands.add_parser("wise-ft", help="WiSE-FT: counting and zero-shot of base/fine-tuned interpolations")
-    _add_config_args(wise)
+    add_config_args(wise)
     wise.add_argument("--base", help="the original model: checkpoint or pretrained tag (base=...)")
     wise.add_argument("--finetuned", help="the fine-tuned checkpoint (finetuned=...)")
     wise.add_argument("--alpha", help="comma-separated weights of the fine-tuned model in [0, 1], e.g. 0,0.5,1")
@@ -79,20 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     count = commands.add_parser("count", help="count objects in images")
     count.add_argument("images", nargs="+", metavar="IMAGE")
     count.add_argument("--noun", required=True, help="what to count, in the plural (e.g. dogs)")
-    _add_model_args(count)
+    add_model_args(count)
     count.set_defaults(run=_count)
 
     retrieve = commands.add_parser("retrieve", help='rank a folder of images for a query such as "three dogs"')
     retrieve.add_argument("folder")
     retrieve.add_argument("--query", required=True)
-    retrieve.add_argument("--top", type=int, default=5)
-    _add_model_args(retrieve)
+    retrieve.add_argument("--top", type=positive_int, default=5)
+    add_model_args(retrieve)
     retrieve.set_defaults(run=_retrieve)
 
     export = commands.add_parser("export", help="write a checkpoint as an open_clip folder (loads as local-dir:DIR)")
     export.add_argument("checkpoint", help="checkpoint file (local or s3://), pretrained tag, or local-dir:/hf-hub: folder")
     export.add_argument("--arch", default="countclip-tiny", help="open_clip architecture of the checkpoint")
-    export.add_argument("--out", required=True, help="folder to write (replaced whole if it exists), or s3:// prefix")
+    export.add_argument("--out", required=True,
+                        help="folder to write (a previous export is replaced whole), or s3:// prefix")
+    export.add_argument("--overwrite", action="store_true", help="write into a folder holding other files (kept)")
     export.set_defaults(run=_export)
 
     config = commands.add_parser("config", help="print a job's default config as YAML, with each field's docstring")
@@ -103,29 +109,32 @@ def build_parser() -> argparse.ArgumentParser:
     world_commands = world.add_subparsers(dest="world_command", required=True)
     source = world_commands.add_parser("make-source", help="write a noisy LAION-style parquet source + ground truth")
     source.add_argument("--out", required=True)
-    source.add_argument("--rows", type=int, default=20000)
-    source.add_argument("--seed", type=int, default=0)
-    source.add_argument("--image-size", type=int, default=128)
-    source.add_argument("--grid", type=int, default=None, help="place objects one per cell of a GRIDxGRID lattice")
+    source.add_argument("--rows", type=positive_int, default=20000)
+    source.add_argument("--seed", type=seed_int, default=0)
+    source.add_argument("--image-size", type=image_side, default=128)
+    source.add_argument("--grid", type=positive_int, default=None, help="place objects one per cell of a GRIDxGRID lattice")
+    source.add_argument("--overwrite", action="store_true", help="write into a folder holding other files (kept)")
     source.set_defaults(run=_make_source)
     clean = world_commands.add_parser("make-dataset", help="write a training dataset straight from CountWorld's truth")
     clean.add_argument("--out", required=True)
-    clean.add_argument("--rows", type=int, default=4000)
-    clean.add_argument("--seed", type=int, default=0)
-    clean.add_argument("--image-size", type=int, default=64)
+    clean.add_argument("--rows", type=positive_int, default=4000)
+    clean.add_argument("--seed", type=seed_int, default=0)
+    clean.add_argument("--image-size", type=image_side, default=64)
+    clean.add_argument("--overwrite", action="store_true", help="write into a folder holding other files (kept)")
     clean.set_defaults(run=_make_clean_dataset)
     zeroshot = world_commands.add_parser("make-zeroshot", help="write the zero-shot tasks in CLIP_benchmark's webdataset layout")
     zeroshot.add_argument("--out", required=True, help="root folder: the tasks go to OUT/wds/countworld_<task>/")
-    zeroshot.add_argument("--images", type=int, default=400)
-    zeroshot.add_argument("--seed", type=int, default=12345, help="12345: the images countclip evaluate scores")
-    zeroshot.add_argument("--image-size", type=int, default=64)
+    zeroshot.add_argument("--images", type=positive_int, default=400)
+    zeroshot.add_argument("--seed", type=seed_int, default=12345, help="12345: the images countclip evaluate scores")
+    zeroshot.add_argument("--image-size", type=image_side, default=64)
+    zeroshot.add_argument("--overwrite", action="store_true", help="write into a folder holding other files (kept)")
     zeroshot.set_defaults(run=_make_zeroshot)
     verifier = world_commands.add_parser("train-verifier", help="train the small YOLO that counts CountWorld objects")
     verifier.add_argument("--out", required=True)
-    verifier.add_argument("--seed", type=int, default=0)
-    verifier.add_argument("--images", type=int, default=1000)
-    verifier.add_argument("--epochs", type=int, default=100)
-    verifier.add_argument("--image-size", type=int, default=128)
+    verifier.add_argument("--seed", type=seed_int, default=0)
+    verifier.add_argument("--images", type=positive_int, default=1000)
+    verifier.add_argument("--epochs", type=positive_int, default=100)
+    verifier.add_argument("--image-size", type=image_side, default=128)
     verifier.add_argument("--device", default="cpu")
     verifier.set_defaults(run=_train_verifier)
     base = world_commands.add_parser("pretrain-base", help="train the stand-in pretrained CLIP that knows CountWorld's objects")
@@ -136,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     base.set_defaults(run=_pretrain_base)
     check = world_commands.add_parser("eval-verifier", help="exact-count accuracy of a verifier on fresh scenes")
     check.add_argument("--weights", default="countworld")
-    check.add_argument("--seed", type=int, default=2026)
-    check.add_argument("--n", type=int, default=300)
+    check.add_argument("--seed", type=seed_int, default=2026)
+    check.add_argument("--n", type=positive_int, default=300)
     check.set_defaults(run=_eval_verifier)
     return parser
 
@@ -198,7 +207,7 @@ def _build_dataset(args: argparse.Namespace) -> int:
     from countclip.environment import configure_ray_data_output
     from countclip.jobs.build_dataset import BuildConfig, build_dataset
 
-    cfg = BuildConfig.load(args.config, list(args.overrides))
+    cfg = BuildConfig.load(args.config, list(args.overrides) + (["overwrite=true"] if args.overwrite else []))
     configure_ray_data_output(progress=args.ray_progress)
     build_dataset(cfg, echo=lambda line: print(line, flush=True))
     return 0
@@ -236,7 +245,7 @@ def _wise_ft(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from countclip.export import export_folder
 
-    out = export_folder(args.checkpoint, args.arch, args.out)
+    out = export_folder(args.checkpoint, args.arch, args.out, overwrite=args.overwrite)
     print(f"open_clip folder: {out} (open_clip.create_model_and_transforms('local-dir:{out}'))")
     return 0
 
@@ -261,20 +270,36 @@ def _count(args: argparse.Namespace) -> int:
 
 def _retrieve(args: argparse.Namespace) -> int:
     from countclip.evaluate import IMAGE_SUFFIXES
+    from countclip.images import ImageError, open_image
 
-    paths = sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise ValueError(f"{args.folder} holds no images")
-    scores = _predictor(args).rank(paths, args.query)
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} {'is not a folder' if folder.exists() else 'does not exist'}; retrieve ranks "
+                         "the images of a folder")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images, kept, unreadable = [], [], []
+    for path in paths:  # unreadable images are counted and skipped, as evaluate does
+        try:
+            images.append(open_image(path))
+            kept.append(path)
+        except (ImageError, ValueError, OSError) as exc:
+            unreadable.append(f"{path.name}: {exc}")
+    if unreadable:
+        print(f"countclip: skipped {len(unreadable)} unreadable image(s) of {len(paths)} "
+              f"(e.g. {one_line(unreadable[0], 150)})", file=sys.stderr)
+    if not images:
+        raise ValueError(f"{folder} holds no {'readable ' if paths else ''}images")
+    scores = _predictor(args).rank(images, args.query)
     for index in scores.argsort()[::-1][: args.top]:
-        print(f"{scores[index]:.3f}\t{paths[index]}")
+        print(f"{scores[index]:.3f}\t{kept[index]}")
     return 0
 
 
 def _make_clean_dataset(args: argparse.Namespace) -> int:
     from countclip.world.files import write_clean_dataset
 
-    manifest = write_clean_dataset(args.out, seed=args.seed, rows=args.rows, image_size=args.image_size)
+    manifest = write_clean_dataset(args.out, seed=args.seed, rows=args.rows, image_size=args.image_size,
+                                   overwrite=args.overwrite)
     print(f"dataset: {args.out} ({manifest['rows_written']} rows)")
     return 0
 
@@ -282,7 +307,8 @@ def _make_clean_dataset(args: argparse.Namespace) -> int:
 def _make_source(args: argparse.Namespace) -> int:
     from countclip.world.files import write_source
 
-    paths = write_source(args.out, seed=args.seed, rows=args.rows, image_size=args.image_size, grid=args.grid)
+    paths = write_source(args.out, seed=args.seed, rows=args.rows, image_size=args.image_size, grid=args.grid,
+                         overwrite=args.overwrite)
     print(f"source: {paths['source']}\nground truth: {paths['truth']}")
     return 0
 
@@ -290,7 +316,8 @@ def _make_source(args: argparse.Namespace) -> int:
 def _make_zeroshot(args: argparse.Namespace) -> int:
     from countclip.world.files import write_zeroshot_wds
 
-    names = write_zeroshot_wds(args.out, seed=args.seed, n=args.images, image_size=args.image_size, same_size=True)
+    names = write_zeroshot_wds(args.out, seed=args.seed, n=args.images, image_size=args.image_size, same_size=True,
+                               overwrite=args.overwrite)
     print(f"zero-shot tasks: {' '.join(names)} (clip_benchmark eval --dataset_root '{args.out}/wds/{{dataset}}')")
     return 0
 
@@ -327,11 +354,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except ConfigError as exc:
-        print(f"countclip: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, KeyError, PermissionError, ConnectionError) as exc:
-        print(f"countclip: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"configuration error: {exc}", 2)
+    except (OSError, ValueError, KeyError, RecursionError) as exc:  # bad input: files, values, URIs
+        return _fail(str(exc) if not isinstance(exc, KeyError) else f"missing key {exc}", 2)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as exc:  # a bug: still one line, unless asked for the traceback
+        if os.environ.get("COUNTCLIP_DEBUG", "").strip() not in ("", "0"):
+            raise
+        return _fail(f"unexpected {type(exc).__name__}: {exc} (a bug; COUNTCLIP_DEBUG=1 shows the traceback)", 1)
+
+
+
+def _fail(message: str, status: int) -> int:
+    """One line on stderr: bounded, control characters escaped, secrets in URIs masked."""
+    from countclip.tracking import mask_credentials
+
+    print(f"countclip: {one_line(mask_credentials(message), MAX_MESSAGE)}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

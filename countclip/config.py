@@ -14,6 +14,8 @@ import ast
 import dataclasses
 import functools
 import inspect
+import math
+import reprlib
 import textwrap
 import types
 from pathlib import Path
@@ -24,8 +26,40 @@ import yaml
 T = TypeVar("T", bound="ConfigBase")
 
 
+MAX_MESSAGE = 500
+"""Longest error message a config check gives (the field comes first, so the start names the problem)."""
+MAX_VALUES = 100_000
+"""Most values (scalars, lists, mappings) a config may expand to: far above any real config, far below
+what a few hundred bytes of YAML anchors and aliases expand to (an "alias bomb": 9 aliases of 9 aliases
+of ... reach billions of values)."""
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 60, 60, 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+
+
+def excerpt(value: Any, limit: int = 80) -> str:
+    """A repr of ``value`` for messages: at most ``limit`` characters however large or deeply nested
+    the value is (its cost is bounded too: reprlib never walks past a few levels and items), with
+    control characters escaped as repr escapes them."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """``text`` for a one-line message: whitespace runs as one space, other control characters
+    escaped (a terminal never sees them raw), at most ``limit`` characters."""
+    text = " ".join(str(text).split())
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit * 4])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, unknown, ill-typed or out of range."""
+
+    def __init__(self, message: str):
+        message = str(message)
+        super().__init__(message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "...")
 
 
 def require(condition: bool, message: str) -> None:
@@ -46,7 +80,7 @@ class ConfigBase:
         unknown = sorted(set(data) - set(fields))
         if unknown:
             raise ConfigError(
-                f"{where or cls.__name__}: unknown field(s) {unknown}; valid fields are {sorted(fields)}"
+                f"{where or cls.__name__}: unknown field(s) {excerpt(unknown, 200)}; valid fields are {sorted(fields)}"
             )
         hints = get_type_hints(cls)
         kwargs = {}
@@ -72,15 +106,7 @@ class ConfigBase:
         """Read ``path`` (YAML; None for defaults), apply ``key.sub=value`` overrides, validate."""
         data: dict[str, Any] = {}
         if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise ConfigError(f"config file {path} does not exist")
-            try:
-                data = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-            if not isinstance(data, dict):
-                raise ConfigError(f"config file {path} must hold a mapping at the top level")
+            data = _read_yaml_file(Path(path))
         for item in overrides or []:
             apply_override(data, item)
         return cls.from_dict(data)
@@ -92,21 +118,69 @@ class ConfigBase:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest config file read (real ones are a few KB)."""
+
+
+def _read_yaml_file(path: Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file, with one-line errors for everything else."""
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"config file {path} {what}")
+    with path.open("rb") as handle:
+        raw = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes")
+    try:
+        data = _safe_load(raw.decode("utf-8"), f"config file {path}") or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _safe_load(text: str, what: str) -> Any:
+    """yaml.safe_load (no object tags), bounded: deep nesting and alias bombs are refused."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} is nested too deeply to be a config") from None
+    # safe_load builds an alias once and shares it, so loading is cheap; anything walking the value
+    # (type checks, messages) would pay for every repetition. Count what it expands to, up to a cap.
+    stack, seen = [value], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ConfigError(f"{what} expands to more than {MAX_VALUES:,} values (YAML aliases repeated "
+                              "within aliases?); a config holds far fewer")
+        if isinstance(node, dict):
+            stack += [*node.keys(), *node.values()]
+        elif isinstance(node, (list, tuple)):
+            stack += node
+    return value
+
+
 def apply_override(data: dict[str, Any], item: str) -> None:
     """Set ``a.b.c=value`` in a nested dict; the value is parsed as a YAML scalar or list."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"override {item!r} must look like field.subfield=value")
+        raise ConfigError(f"override {excerpt(item)} must look like field.subfield=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+        value = _safe_load(raw, f"override {excerpt(item)}") if raw.strip() else ""
+    except ConfigError as exc:
+        if "not valid YAML" not in str(exc):
+            raise
+        value = raw  # not YAML: the text itself (e.g. a caption template holding ": ")
     node = data
     parts = key.strip().split(".")
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            raise ConfigError(f"override {excerpt(item)}: {excerpt(part)} is not a section")
         node = child
     node[parts[-1]] = value
 
@@ -147,22 +221,22 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 return _coerce(value, option, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {hint}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {excerpt(value)} matches none of {hint}")
     if origin is Literal:
         choices = get_args(hint)
         if value not in choices:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
+            raise ConfigError(f"{where}: {excerpt(value)} is not one of {list(choices)}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {excerpt(value)}")
         args = get_args(hint)
         item = args[0] if args else Any
         items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {excerpt(value)}")
         key_t, val_t = get_args(hint) or (Any, Any)
         return {
             _coerce(k, key_t, where): _coerce(v, val_t, f"{where}.{k}") for k, v in value.items()
@@ -178,29 +252,35 @@ def _coerce_scalar(value: Any, hint: Any, where: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {excerpt(value)}")
     if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        number = value if isinstance(value, int) and not isinstance(value, bool) else None
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            number = int(value)
+        if number is None:
+            raise ConfigError(f"{where}: expected an integer, got {excerpt(value)}")
+        if not -(2**63) <= number < 2**63:  # numpy, sockets and file reads take 64-bit integers
+            raise ConfigError(f"{where}: {excerpt(number)} is out of range (64-bit integers only)")
+        return number
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
         if isinstance(value, str):
             try:
-                return float(value)  # YAML reads "1e-3" as a string
+                number = float(value)  # YAML reads "1e-3" as a string
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{where}: expected a number, got {excerpt(value)}")
+        if not math.isfinite(number):  # .inf passes every >= check and breaks arithmetic much later
+            raise ConfigError(f"{where}: expected a finite number, got {excerpt(value)}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
+        raise ConfigError(f"{where}: expected a string, got {excerpt(value)}")
     if isinstance(hint, type) and isinstance(value, hint):
         return value
-    raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+    raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {excerpt(value)}")
 
 
 @functools.cache
@@ -248,4 +328,4 @@ def _flow(value: Any) -> str:
     return yaml.safe_dump([value], default_flow_style=True, width=2**31).strip()[1:-1]
 
 
-__all__ = ["ConfigBase", "ConfigError", "apply_override", "commented_yaml", "field_docs", "require"]
+__all__ = ["ConfigBase", "ConfigError", "apply_override", "commented_yaml", "excerpt", "field_docs", "one_line", "require"]

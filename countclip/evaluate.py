@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from countclip import storage
+from countclip.config import excerpt, one_line
 from countclip.images import ImageError, decode_image, read_image_file
 from countclip.numbers import COUNTS, WORD_FOR_COUNT, caption_variants, count_prompt
 
@@ -54,8 +55,12 @@ def load_countbench(path: str | Path) -> list[dict]:
         entries = json.loads(storage.read_bytes(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"benchmark file {path} does not exist") from None
+    except storage.NotARegularFile:
+        raise ValueError(f"benchmark file {path} is a folder or not a regular file; name the JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"benchmark file {path} is not valid JSON: {exc}") from None
+    except RecursionError:  # json's parser recurses once per nesting level
+        raise ValueError(f"benchmark file {path} is nested too deeply to be a CountBench file") from None
     if not isinstance(entries, list):
         raise ValueError(f"benchmark file {path} must hold a JSON list of entries")
     for i, entry in enumerate(entries):
@@ -63,7 +68,7 @@ def load_countbench(path: str | Path) -> list[dict]:
         if missing:
             raise ValueError(f"benchmark file {path}: entry {i} lacks field(s) {missing}; each entry needs {list(REQUIRED_FIELDS)}")
         if not isinstance(entry["number"], int) or entry["number"] not in COUNTS:
-            raise ValueError(f"benchmark file {path}: entry {i} has number {entry['number']!r}, expected an integer 2..10")
+            raise ValueError(f"benchmark file {path}: entry {i} has number {excerpt(entry['number'])}, expected an integer 2..10")
         if not isinstance(entry["text"], str) or not isinstance(entry["image_url"], str):
             raise ValueError(f"benchmark file {path}: entry {i} needs string image_url and text")
     return entries
@@ -287,6 +292,19 @@ def zeroshot_imagefolder(model, tokenizer, preprocess, root: str | Path, device=
     return {"accuracy": accuracy, "classes": len(classes), "images": len(images), "unreadable": skipped}
 
 
+def wds_layout(folder: str | Path, split: str = "test") -> tuple[list[str], list[str], int]:
+    """(class names, templates, shard count) of a CLIP_benchmark webdataset folder; ValueError if it is none
+    (the evaluate job checks this before any work)."""
+    folder = Path(folder)
+    try:
+        classes = (folder / "classnames.txt").read_text().split("\n")
+        templates = (folder / "zeroshot_classification_templates.txt").read_text().split("\n")
+        shards = int((folder / split / "nshards.txt").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{folder} is not a CLIP_benchmark webdataset folder ({one_line(exc, 150)})") from None
+    return [c.strip() for c in classes if c.strip()], [t.strip() for t in templates if t.strip()], shards
+
+
 def zeroshot_wds(model, tokenizer, preprocess, folder: str | Path, split: str = "test", device="cpu") -> dict:
     """Zero-shot accuracy on a classification set in CLIP_benchmark's webdataset layout
     (``split/nshards.txt``, ``split/0.tar`` .. of ``<key>.<image ext>`` + ``<key>.cls``, ``classnames.txt``,
@@ -295,27 +313,32 @@ def zeroshot_wds(model, tokenizer, preprocess, folder: str | Path, split: str = 
     import tarfile
 
     folder = Path(folder)
-    try:
-        classes = (folder / "classnames.txt").read_text().split("\n")
-        templates = (folder / "zeroshot_classification_templates.txt").read_text().split("\n")
-        shards = int((folder / split / "nshards.txt").read_text())
-    except (FileNotFoundError, ValueError) as exc:
-        raise ValueError(f"{folder} is not a CLIP_benchmark webdataset folder ({exc})") from None
-    classes, templates = [c.strip() for c in classes if c.strip()], [t.strip() for t in templates if t.strip()]
+    classes, templates, shards = wds_layout(folder, split)
     samples: dict[str, dict[str, bytes]] = {}
     for shard in range(shards):
-        with tarfile.open(folder / split / f"{shard}.tar") as tar:
-            for member in tar.getmembers():
-                if member.isfile():
-                    key, _, ext = member.name.partition(".")
-                    samples.setdefault(key, {})[ext.lower()] = tar.extractfile(member).read()
-    images, labels = [], []
+        try:
+            with tarfile.open(folder / split / f"{shard}.tar") as tar:
+                for member in tar.getmembers():
+                    if member.isfile():
+                        key, _, ext = member.name.partition(".")
+                        samples.setdefault(key, {})[ext.lower()] = tar.extractfile(member).read()
+        except (tarfile.TarError, OSError) as exc:
+            raise ValueError(f"{folder / split / f'{shard}.tar'} is not a readable tar ({one_line(str(exc), 150)})") from None
+    images, labels, skipped = [], [], 0
     for key, sample in samples.items():
         data = next((sample[ext] for ext in ("webp", "png", "jpg", "jpeg") if ext in sample), None)
-        if data is None or "cls" not in sample:
-            raise ValueError(f"{folder}: sample {key} lacks an image or its .cls label")
-        images.append(preprocess(decode_image(data)))
-        labels.append(int(sample["cls"]))
+        label = sample.get("cls", b"").strip()
+        if data is None or not label.isdigit() or int(label) >= len(classes):
+            raise ValueError(f"{folder}: sample {excerpt(key)} lacks an image or a .cls label 0..{len(classes) - 1}")
+        try:
+            images.append(preprocess(decode_image(data)))
+        except ImageError:  # unreadable images are counted and skipped, as in the other benchmarks
+            skipped += 1
+            continue
+        labels.append(int(label))
+    if not images:
+        raise ValueError(f"{folder} holds no readable images")
     prompts = [[t.format(c=c) for t in templates] for c in classes]
     accuracy = zeroshot_accuracy(model, tokenizer, torch.stack(images), np.array(labels), prompts, device)
-    return {"accuracy": accuracy, "classes": len(classes), "templates": len(templates), "images": len(images)}
+    return {"accuracy": accuracy, "classes": len(classes), "templates": len(templates), "images": len(images),
+            "unreadable": skipped}

@@ -77,16 +77,19 @@ def model_card(name: str, metrics: dict[str, float] | None = None, source: str |
 
 
 def write_open_clip_folder(model: nn.Module, out: str | Path, model_cfg: dict, name: str,
-                           metrics: dict[str, float] | None = None, source: str | None = None) -> str:
-    """Write ``model`` as an open_clip folder at ``out`` (local, whole or not at all; or s3://)."""
-    storage.write_folder(out, folder_files(model, model_cfg, model_card(name, metrics, source)))
+                           metrics: dict[str, float] | None = None, source: str | None = None,
+                           overwrite: bool = False) -> str:
+    """Write ``model`` as an open_clip folder at ``out`` (local, whole or not at all; or s3://); a local
+    folder holding files countclip did not write is refused unless ``overwrite`` (they are then kept)."""
+    storage.write_folder(out, folder_files(model, model_cfg, model_card(name, metrics, source)), overwrite=overwrite)
     return str(out)
 
 
-def export_folder(checkpoint: str, arch: str, out: str | Path, metrics: dict[str, float] | None = None) -> str:
+def export_folder(checkpoint: str, arch: str, out: str | Path, metrics: dict[str, float] | None = None,
+                  overwrite: bool = False) -> str:
     """Load a checkpoint (file, s3://, tag or folder) of ``arch`` and write its open_clip folder."""
     cfg = ModelConfig(arch=arch, pretrained=checkpoint)
     model, _, _ = create_model(cfg)
     name = open_clip_name(cfg)
     return write_open_clip_folder(model, out, model_config(name), arch if name == arch else Path(name).name,
-                                  metrics, source=checkpoint)
+                                  metrics, source=checkpoint, overwrite=overwrite)

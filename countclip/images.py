@@ -17,6 +17,7 @@ Training, evaluation and the predictor all use it; ``preprocess(image)`` equals 
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+from countclip import storage
 
 MAX_PIXELS = 40_000_000
 """Default cap on width x height of any image decoded (the fetch stage's default too)."""
@@ -58,7 +61,9 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, draft_side: int | No
     if fmt is None:
         raise ImageError("not_an_image", "not an image (no JPEG, PNG, GIF, WEBP or BMP signature)")
     try:
-        image = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
+        with warnings.catch_warnings():  # PIL warns of large images; the cap below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
     except Image.DecompressionBombError:
         raise ImageError("too_many_pixels", f"the image has more than {max_pixels:,} pixels") from None
     except Exception:
@@ -81,13 +86,12 @@ def read_image_file(path: str | Path, max_pixels: int = MAX_PIXELS, max_bytes: i
     Only regular files are opened (a FIFO or device would block or never end), and at most
     ``max_bytes`` are read.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist or is not a regular file")
-    with path.open("rb") as handle:
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise ImageError("too_large", f"image {path} is larger than {max_bytes:,} bytes")
+    try:
+        data = storage.read_local_file(path, max_bytes)
+    except (FileNotFoundError, storage.NotARegularFile):
+        raise FileNotFoundError(f"image {path} does not exist or is not a regular file") from None
+    except storage.FileTooLarge:
+        raise ImageError("too_large", f"image {path} is larger than {max_bytes:,} bytes") from None
     return decode_image(data, max_pixels)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from countclip import storage
-from countclip.config import ConfigBase, ConfigError, require
+from countclip.config import ConfigBase, ConfigError, excerpt, one_line, require
 from countclip.environment import offline_requested
 from countclip.images import ImagePreprocess
 from countclip.lora import LoraConfig, add_lora, has_lora, merged_model, resolve_targets
@@ -183,6 +184,9 @@ def resolve_pretrained(arch: str, pretrained: str | None) -> str | None:
     path = storage.local_path(pretrained)
     if path.is_file():
         return str(path)
+    if path.exists():
+        raise ValueError(f"checkpoint {path} is {'a folder' if path.is_dir() else 'not a regular file'}, "
+                         "not a checkpoint file")
     if path.suffix in CHECKPOINT_SUFFIXES or "/" in pretrained:
         raise FileNotFoundError(f"checkpoint file {path} does not exist")
     tags = open_clip.list_pretrained_tags_by_model(arch)
@@ -190,6 +194,11 @@ def resolve_pretrained(arch: str, pretrained: str | None) -> str | None:
         f"model.pretrained={pretrained!r} is neither a pretrained tag of {arch} "
         f"(known: {tags or 'none'}) nor an existing checkpoint file"
     )
+
+
+# What a bad open_clip folder (its config or weights) raises while loading; anything else is re-raised.
+_FOLDER_LOAD_ERRORS = (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, KeyError, ValueError,
+                       OSError, SafetensorError)
 
 
 def create_model(cfg: ModelConfig, device: str | torch.device = "cpu"):
@@ -206,12 +215,13 @@ def create_model(cfg: ModelConfig, device: str | torch.device = "cpu"):
             model = open_clip.create_model(
                 name, pretrained=pretrained, precision=cfg.precision, device=device, nonscalar_logit_scale=True
             )
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError,
-            SafetensorError) as exc:
+    except Exception as exc:  # open_clip's loader fails in a dozen ways on odd files; say which one it is
         if pretrained and Path(pretrained).is_file():
-            raise ValueError(f"checkpoint {cfg.pretrained} is corrupt or not a {cfg.arch} checkpoint: {exc}") from None
-        if name != cfg.arch:
-            raise ValueError(f"model.pretrained={cfg.pretrained} is not a loadable open_clip folder: {exc}") from None
+            raise ValueError(f"checkpoint {cfg.pretrained} {checkpoint_problem(pretrained, cfg.arch, exc)}") from None
+        if name != cfg.arch and isinstance(exc, _FOLDER_LOAD_ERRORS):
+            raise ValueError(f"model.pretrained={cfg.pretrained} is not a loadable open_clip folder: "
+                             f"{one_line(exc, 200)}") from None
+        raise
         raise
     preprocess = ImagePreprocess.from_model(model)
     if cfg.lora is not None:
@@ -237,6 +247,54 @@ def _random_init_notice_muted(random_on_purpose: bool):
         yield
     finally:
         logging.getLogger().removeFilter(notice)
+
+
+def checkpoint_problem(path: str | Path, arch: str, error: Exception) -> str:
+    """Why a checkpoint file did not load into ``arch``, in one line: empty, not a readable file, not
+    a state dict of tensors, or tensors of another architecture. Only runs after a failed load."""
+    import open_clip
+
+    if Path(path).stat().st_size == 0:
+        return "is empty (0 bytes)"
+    safetensors = str(path).endswith(".safetensors")
+    try:
+        if safetensors:
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
+    except pickle.UnpicklingError as exc:  # weights_only names the global it refused ("unsupported GLOBAL os.mkdir")
+        if "global" in str(exc).lower():
+            return "holds pickled Python objects besides tensors: refused, as loading them could run code"
+        return "is not a readable PyTorch (torch.save) file (not a pickle of tensors)"
+    except Exception as exc:
+        kind = "safetensors" if safetensors else "PyTorch (torch.save)"
+        return f"is not a readable {kind} file ({type(exc).__name__}: {one_line(exc, 120)})"
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        return f"holds {'an empty mapping' if isinstance(state, dict) else 'a ' + type(state).__name__}, " \
+               "not a state dict of named tensors"
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        return "holds a mapping that is not all named tensors, not a state dict"
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # open_clip warns that the reference model has random weights
+    try:
+        expected = {k: tuple(v.shape) for k, v in open_clip.create_model(arch, pretrained=None).state_dict().items()}
+    finally:
+        logging.disable(previous)
+    given = {k.removeprefix("module."): tuple(v.shape) for k, v in state.items()}
+    differ = sorted(k for k in set(expected) & set(given) if expected[k] != given[k]
+                    and not (k in ("logit_scale", "logit_bias") and math.prod(expected[k]) == math.prod(given[k])))
+    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    if differ or missing or unexpected:
+        example = (f"e.g. {differ[0]} {list(given[differ[0]])} where {arch} has {list(expected[differ[0]])}" if differ
+                   else f"e.g. {excerpt((missing or unexpected)[0], 60)} {'missing' if missing else 'unexpected'}")
+        return (f"does not fit {arch}: {len(differ)} tensor(s) of other shapes, {len(missing)} missing, "
+                f"{len(unexpected)} unexpected ({example}); was it saved from another architecture? "
+                "Name that one (--arch, model.arch)")
+    return f"could not be loaded into {arch} ({type(error).__name__}: {one_line(error, 120)})"
 
 
 def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

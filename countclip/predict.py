@@ -17,16 +17,26 @@ import numpy as np
 import torch
 
 from countclip import tracking
+from countclip.config import excerpt
 from countclip.images import open_image
 from countclip.model import ModelConfig, create_model
 from countclip.numbers import COUNTS, count_prompt
 
+MAX_NOUN_CHARS = 100
+"""Longest noun accepted: the text tower reads a few dozen tokens anyway."""
+
 
 def count_prompts(noun: str) -> list[str]:
     """The nine captions for a noun (plural, as counts 2..10 take)."""
-    noun = " ".join(str(noun).split())
+    if not isinstance(noun, str):
+        raise ValueError(f"the noun to count must be text, got {type(noun).__name__}")
+    if any(not c.isprintable() and not c.isspace() for c in noun):
+        raise ValueError(f"the noun to count holds control characters ({excerpt(noun, 60)}); give plain text, e.g. 'dogs'")
+    noun = " ".join(noun.split())
     if not noun:
         raise ValueError("the noun to count is empty; give the plural of what to count, e.g. 'dogs'")
+    if len(noun) > MAX_NOUN_CHARS:
+        raise ValueError(f"the noun to count is {len(noun)} characters long; at most {MAX_NOUN_CHARS} are accepted")
     return [count_prompt(n, noun) for n in COUNTS]
 
 

@@ -4,14 +4,19 @@ Local writes go to a temporary sibling and are renamed into place, so a crash ne
 written file under the final name. S3 PUTs are atomic by nature. The S3 client takes its endpoint and
 credentials from the environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... or an instance role):
 nothing here names a credential.
+
+Output folders (a dataset, a source, a benchmark, a model folder) are swapped in whole by
+``output_folder.atomic_dir``, which keeps the output-folder rule.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from functools import lru_cache
@@ -61,6 +66,38 @@ def arrow_filesystem(uri: str | Path):
     return fs.LocalFileSystem(), str(local_path(uri))
 
 
+class NotARegularFile(OSError):
+    """A path names a folder, a FIFO, a device or a socket where a file was expected."""
+
+
+class FileTooLarge(ValueError):
+    """A file is larger than the cap its reader sets."""
+
+
+def read_local_file(path: str | Path, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular local file; never blocks on a FIFO or a device and never reads past
+    ``max_bytes`` (FileTooLarge). FileNotFoundError, NotARegularFile or PermissionError otherwise."""
+    path = Path(path)
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, for ever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: a NUL byte in the path
+        raise FileNotFoundError(errno.ENOENT, f"{path} does not exist") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or (max_bytes is not None and info.st_size > max_bytes):
+        os.close(fd)
+        if stat.S_ISREG(info.st_mode):
+            raise FileTooLarge(f"{path} is larger than {max_bytes:,} bytes")
+        what = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO, device or socket"
+        raise NotARegularFile(errno.EISDIR if stat.S_ISDIR(info.st_mode) else errno.EINVAL,
+                              f"{path} is {what}, not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:  # it grew while being read
+        raise FileTooLarge(f"{path} is larger than {max_bytes:,} bytes")
+    return data
+
+
 def read_bytes(uri: str | Path) -> bytes:
     if is_s3(uri):
         bucket, key = split_s3(str(uri))
@@ -69,7 +106,7 @@ def read_bytes(uri: str | Path) -> bytes:
             return client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except client.exceptions.NoSuchKey:
             raise FileNotFoundError(f"{uri} does not exist") from None
-    return local_path(uri).read_bytes()
+    return read_local_file(local_path(uri))
 
 
 def write_bytes(uri: str | Path, data: bytes) -> None:
@@ -88,15 +125,17 @@ def write_text(uri: str | Path, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
-def write_folder(uri: str | Path, files: dict[str, bytes]) -> None:
-    """Write a folder of files (name -> bytes) whole: a local one appears all at once (``atomic_dir``);
-    under an s3:// prefix each object is written in the given order, so put the file that readers
-    open first (a config naming the rest) last."""
+def write_folder(uri: str | Path, files: dict[str, bytes], kind: str = "model folder", overwrite: bool = False) -> None:
+    """Write a folder of files (name -> bytes) whole: a local one appears all at once, under the
+    output-folder rule for a ``kind`` folder (``atomic_dir``); under an s3:// prefix each object is
+    written in the given order, so put the file that readers open first (a config naming the rest) last."""
     if is_s3(uri):
         for name, data in files.items():
             write_bytes(f"{str(uri).rstrip('/')}/{name}", data)
         return
-    with atomic_dir(local_path(uri)) as tmp:
+    from countclip.output_folder import atomic_dir  # it builds on this module
+
+    with atomic_dir(local_path(uri), kind, overwrite) as tmp:
         tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared model from its other readers
         for name, data in files.items():
             (tmp / name).write_bytes(data)
@@ -174,21 +213,3 @@ def atomic_file(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 from countclip.config import ConfigBase, require
 from countclip.numbers import COUNTS
@@ -35,6 +37,25 @@ class TrackingConfig(ConfigBase):
 
     def resolved_uri(self) -> str:
         return self.uri or f"sqlite:///{Path('runs/mlflow.db').resolve()}"
+
+
+# user:password@ in any URI (postgresql://u:pw@db/mlflow, https://u:pw@mlflow), a bare token as the
+# user (https://token@host), and secrets in query strings (?password=..., &token=...).
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#@\s]+)@")
+_QUERY_SECRET = re.compile(r"(?i)(?P<key>[?&;](?:password|passwd|pwd|token|secret|api_?key|access_?key)=)[^&;#\s]+")
+
+
+def mask_credentials(text: object) -> str:
+    """``text`` with the secret of every URI in it replaced by ***: wherever a URI is printed or logged."""
+    def userinfo(match: re.Match) -> str:
+        user, sep, _ = match["userinfo"].partition(":")
+        return f"{match['scheme']}{user}:***@" if sep else f"{match['scheme']}***@"
+
+    return _QUERY_SECRET.sub(r"\g<key>***", _USERINFO.sub(userinfo, str(text)))
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(unquote(uri.removeprefix("sqlite:///"))) if uri.startswith("sqlite:///") else None
 
 
 def _client(cfg: TrackingConfig):
@@ -60,7 +81,8 @@ def check_reachable(cfg: TrackingConfig) -> None:
                 if response.status != 200:
                     raise OSError(f"HTTP {response.status}")
         except OSError as exc:
-            raise ConnectionError(f"MLflow tracking server {uri} is unreachable ({exc}); start it or fix tracking.uri") from None
+            raise ConnectionError(f"MLflow tracking server {mask_credentials(uri)} is unreachable "
+                                  f"({mask_credentials(exc)}); start it or fix tracking.uri") from None
 
 
 def start_run(cfg: TrackingConfig, run_name: str, params: dict, artifacts: dict[str, str | dict]) -> str | None:
@@ -69,26 +91,35 @@ def start_run(cfg: TrackingConfig, run_name: str, params: dict, artifacts: dict[
         return None
     client = _client(cfg)
     experiment = client.get_experiment_by_name(cfg.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+        cfg.experiment, artifact_location=_artifact_location(cfg))
     run = client.create_run(experiment_id, run_name=run_name)
     flat = flatten(params)
     from mlflow.entities import Param
 
-    items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+    items = [Param(k, mask_credentials(v)[:6000]) for k, v in flat.items()]
     for start in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[start : start + 100])
     log_artifacts(cfg, run.info.run_id, artifacts)
     return run.info.run_id
 
 
+def _artifact_location(cfg: TrackingConfig) -> str | None:
+    """Where a new experiment's artifacts go: beside a sqlite store (MLflow's default is ./mlruns in
+    whatever folder the job runs from); a tracking server decides for itself (None)."""
+    db = _sqlite_path(cfg.resolved_uri())
+    return (db.resolve().parent / "mlflow-artifacts").as_uri() if db else None
+
+
 def log_artifacts(cfg: TrackingConfig, run_id: str | None, artifacts: dict[str, str | dict]) -> None:
+    """Log text or JSON-able artifacts; secrets in URIs they hold (the tracking URI in a config) are masked."""
     if not (cfg.enabled and run_id):
         return
     client = _client(cfg)
     with tempfile.TemporaryDirectory() as folder:
         for name, content in artifacts.items():
             path = Path(folder) / name
-            path.write_text(content if isinstance(content, str) else json.dumps(content, indent=1))
+            path.write_text(mask_credentials(content if isinstance(content, str) else json.dumps(content, indent=1)))
             client.log_artifact(run_id, str(path))
 
 
@@ -161,9 +192,15 @@ def pinned_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in names] + [f"countclip=={version('countclip')}"]
 
 
-def log_count_model(cfg: TrackingConfig, run_id: str, open_clip_folder: str | Path, example_image: bytes) -> str:
+def log_count_model(cfg: TrackingConfig, run_id: str, open_clip_folder: str | Path, example_image: bytes,
+                    allow_image_paths: bool = False) -> str:
     """Log the pyfunc counting model, carrying the model's open_clip folder (``countclip export``) as
-    its artifact; return its model URI."""
+    its artifact; return its model URI.
+
+    The model takes encoded image bytes only; ``allow_image_paths`` logs it for batch scoring on
+    trusted hosts, where it also reads ``image_path`` rows from the disk it runs on (never serve
+    such a model to callers who may not read that disk).
+    """
     from importlib.util import find_spec
 
     import mlflow
@@ -172,14 +209,15 @@ def log_count_model(cfg: TrackingConfig, run_id: str, open_clip_folder: str | Pa
     from mlflow.types import ColSpec, Schema
 
     _client(cfg)
-    inputs = Schema([ColSpec("binary", "image", required=False), ColSpec("string", "image_path", required=False),
-                     ColSpec("string", "noun")])
+    paths = [ColSpec("string", "image_path", required=False)] if allow_image_paths else []
+    inputs = Schema([ColSpec("binary", "image", required=False), *paths, ColSpec("string", "noun")])
     outputs = Schema([ColSpec("long", "count"), ColSpec("double", "confidence")]
                      + [ColSpec("double", f"prob_{c}") for c in COUNTS])
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=find_spec("countclip.pyfunc").origin,  # a model from code, not a pickle
             artifacts={"open_clip": str(open_clip_folder)},
+            model_config={"allow_image_paths": allow_image_paths},
             signature=ModelSignature(inputs, outputs),
             input_example=pd.DataFrame({"image": [example_image], "noun": ["circles"]}),
             pip_requirements=pinned_requirements(),
@@ -197,10 +235,15 @@ def load_count_predictor(uri: str):
     the registry (``MLFLOW_TRACKING_URI``) holds no such model."""
     import mlflow.pyfunc
 
+    store = mlflow.get_tracking_uri()
+    db = _sqlite_path(store)
+    if db is not None and not db.is_file():  # MLflow would create an empty store (./mlflow.db by default)
+        hint = "" if os.environ.get("MLFLOW_TRACKING_URI") else "; set MLFLOW_TRACKING_URI to the registry"
+        raise FileNotFoundError(f"cannot load {uri}: the MLflow store {mask_credentials(store)} does not exist{hint}")
     try:
         return mlflow.pyfunc.load_model(uri).unwrap_python_model().predictor
     except Exception as exc:  # MLflow raises several types for a missing model or registry
-        raise FileNotFoundError(f"cannot load {uri}: {exc}") from None
+        raise FileNotFoundError(f"cannot load {uri}: {mask_credentials(exc)}") from None
 
 
 def register_and_promote(cfg: TrackingConfig, model_uri: str, name: str, metrics: dict[str, float],

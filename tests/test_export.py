@@ -12,6 +12,7 @@ from countclip.cli import main
 from countclip.config import ConfigError
 from countclip.export import CONFIG_NAME, WEIGHTS_NAME, export_folder
 from countclip.model import ModelConfig, create_model
+from countclip.output_folder import OUTPUT_MARKER
 
 # Runs with only open_clip imported: countclip-tiny is not registered there, so the folder alone
 # must say what the model is.
@@ -56,7 +57,7 @@ def test_the_folder_loads_in_a_fresh_interpreter_with_only_open_clip(folder, che
 
 
 def test_the_folder_holds_open_clips_layout_and_a_model_card(folder):
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", CONFIG_NAME, WEIGHTS_NAME]
+    assert sorted(p.name for p in folder.iterdir()) == [OUTPUT_MARKER, "README.md", CONFIG_NAME, WEIGHTS_NAME]
     config = json.loads((folder / CONFIG_NAME).read_text())
     assert config["model_cfg"]["vision_cfg"]["image_size"] == 64 and config["model_cfg"]["embed_dim"] == 64
     assert {"size", "mean", "std", "interpolation", "resize_mode"} <= set(config["preprocess_cfg"])

@@ -51,12 +51,22 @@ def test_bad_names_and_files_get_clear_errors(tmp_path):
         create_model(ModelConfig(pretrained="laion9000"))
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="corrupt or not a countclip-tiny checkpoint"):
+    with pytest.raises(ValueError, match=r"corrupt.pt is not a readable PyTorch \(torch.save\) file"):
         create_model(ModelConfig(pretrained=str(corrupt)))
     wrong = tmp_path / "wrong.pt"
     storage.write_bytes(wrong, b"")
     torch.save({"visual.proj": torch.zeros(3)}, wrong)
-    with pytest.raises(ValueError, match="corrupt or not a countclip-tiny checkpoint"):
+    with pytest.raises(ValueError, match=r"wrong.pt does not fit countclip-tiny: 1 tensor\(s\) of other shapes, \d+ missing"):
         create_model(ModelConfig(pretrained=str(wrong)))
+    for name, content, message in [("empty.pt", {}, "holds an empty mapping"), ("tensor.pt", torch.ones(2), "holds a Tensor"),
+                                   ("list.pt", [1], "holds a list")]:
+        torch.save(content, tmp_path / name)
+        with pytest.raises(ValueError, match=f"{name} {message}, not a state dict"):
+            create_model(ModelConfig(pretrained=str(tmp_path / name)))
+    (tmp_path / "zero.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"zero.pt is empty \(0 bytes\)"):
+        create_model(ModelConfig(pretrained=str(tmp_path / "zero.pt")))
+    with pytest.raises(ValueError, match="is a folder, not a checkpoint file"):
+        create_model(ModelConfig(pretrained=str(tmp_path)))
     with pytest.raises(ConfigError, match="model.precision"):
         ModelConfig(precision="fp8")

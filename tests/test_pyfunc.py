@@ -48,3 +48,32 @@ def test_the_flavour_defines_without_mlflows_type_hint_warning():
               "print([str(w.message) for w in caught])\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
+
+
+def test_the_logged_model_takes_bytes_only_unless_logged_for_batch_scoring(open_clip_folders, tmp_path):
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    cfg = tracking.TrackingConfig(uri=f"sqlite:///{tmp_path / 'ml.db'}", experiment="paths")
+    image = scene_png(count=3, seed=3)
+    run = tracking.start_run(cfg, "r", {}, {})
+    served = mlflow.pyfunc.load_model(tracking.log_count_model(cfg, run, open_clip_folders / "a", image))
+    readable = tmp_path / "readable.png"
+    readable.write_bytes(image)
+    with pytest.raises(MlflowException, match="image column of encoded image bytes"):  # the path is never opened
+        served.predict(pd.DataFrame({"image_path": [str(readable)], "noun": ["circles"]}))
+    with pytest.raises(MlflowException, match="is not a readable image: not an image"):
+        served.predict(pd.DataFrame({"image": [b"<html>"], "noun": ["circles"]}))
+    with pytest.raises(MlflowException, match="control characters"):
+        served.predict(pd.DataFrame({"image": [image], "noun": ["dogs\x1b[2J"]}))
+
+    batch = mlflow.pyfunc.load_model(tracking.log_count_model(cfg, run, open_clip_folders / "a", image,
+                                                              allow_image_paths=True))
+    assert batch.predict(pd.DataFrame({"image_path": [str(readable)], "noun": ["circles"]}))["count"].between(2, 10).all()
+    (tmp_path / "text.png").write_text("not an image")
+    messages = set()
+    for path in (tmp_path / "absent.png", tmp_path / "text.png", tmp_path, "/etc/hostname"):
+        with pytest.raises(MlflowException) as error:
+            batch.predict(pd.DataFrame({"image_path": [str(path)], "noun": ["circles"]}))
+        messages.add(error.value.message)
+    assert messages == {"row 0: image_path could not be read as an image"}  # whether a path exists is not told

@@ -3,6 +3,7 @@
 import pytest
 
 from countclip import storage
+from countclip.output_folder import OUTPUT_MARKER
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -13,17 +14,6 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         raise RuntimeError("crash mid-write")
     assert target.read_text() == "old"
     assert sorted(p.name for p in target.parent.iterdir()) == ["file.txt"]
-
-
-def test_a_failed_folder_swap_keeps_the_old_folder(tmp_path):
-    folder = tmp_path / "dataset"
-    with storage.atomic_dir(folder) as tmp:
-        (tmp / "x").write_text("1")
-    with pytest.raises(RuntimeError), storage.atomic_dir(folder) as tmp:
-        (tmp / "y").write_text("2")
-        raise RuntimeError("crash")
-    assert [p.name for p in folder.iterdir()] == ["x"]
-    assert [p.name for p in tmp_path.iterdir()] == ["dataset"]
 
 
 def test_local_list_read_delete(tmp_path):
@@ -62,7 +52,23 @@ def test_bad_uris_are_named():
 
 def test_a_folder_is_written_whole_or_not_at_all(tmp_path):
     storage.write_folder(tmp_path / "m", {"weights": b"w", "config.json": b"{}"})
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "weights"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [OUTPUT_MARKER, "config.json", "weights"]
     with pytest.raises(TypeError):
         storage.write_folder(tmp_path / "m", {"weights": b"new", "config.json": None})  # fails after the first file
     assert (tmp_path / "m" / "weights").read_bytes() == b"w" and [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_local_reads_take_regular_files_only_and_stop_at_the_cap(tmp_path):
+    import os
+
+    (tmp_path / "f").write_bytes(b"12345")
+    assert storage.read_local_file(tmp_path / "f", 5) == b"12345"
+    with pytest.raises(storage.FileTooLarge):
+        storage.read_local_file(tmp_path / "f", 4)
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(storage.NotARegularFile, match="FIFO"):
+        storage.read_local_file(tmp_path / "pipe")  # opening it plainly would block for ever
+    with pytest.raises(storage.NotARegularFile, match="a folder"):
+        storage.read_bytes(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        storage.read_local_file(tmp_path / "f" / "x")

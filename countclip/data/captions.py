@@ -41,7 +41,9 @@ class CaptionConfig(ConfigBase):
     text_column: str = "TEXT"
     """Source column with the caption (LAION-400M: TEXT)."""
     id_column: str | None = None
-    """Source column with a stable row id; null derives one from the URL (LAION: SAMPLE_ID)."""
+    """Source column with a stable row id; null derives one from the URL (LAION: SAMPLE_ID). Ids must
+    be unique: a row whose id is null or empty is rejected (missing_id), and of rows sharing an id
+    only one is written (the rest: duplicate_id at the balance step)."""
     non_counting_rate: float = 0.05
     """Share of rows without a count that are kept as non-counting training rows."""
     seed: int = 0
@@ -55,14 +57,32 @@ class CaptionConfig(ConfigBase):
         return [c for c in (self.url_column, self.text_column, self.id_column) if c]
 
 
-def check_columns(cfg: CaptionConfig, columns: list[str]) -> None:
-    """Fail fast, before any work, when the source lacks a configured column."""
+def check_columns(cfg: CaptionConfig, columns: list[str] | dict[str, pa.DataType]) -> None:
+    """Fail fast, before any work, when the source lacks a configured column, or (given the
+    columns' types) holds one of a type no row of it could be read as."""
     missing = [c for c in cfg.required_columns() if c not in columns]
     if missing:
         raise ValueError(
-            f"the source has no column(s) {missing}; it has {columns}. "
+            f"the source has no column(s) {missing}; it has {list(columns)}. "
             "Set captions.url_column / captions.text_column / captions.id_column to the source's names."
         )
+    if not isinstance(columns, dict):
+        return
+    roles = [("url_column", cfg.url_column, is_text_type), ("text_column", cfg.text_column, is_text_type)]
+    roles += [("id_column", cfg.id_column, lambda t: is_text_type(t) or pa.types.is_integer(t))] if cfg.id_column else []
+    for role, name, accepted in roles:
+        if not accepted(columns[name]):
+            raise ValueError(f"the source column {name!r} (captions.{role}) has type {columns[name]}; expected "
+                             f"text (string or binary){' or integers' if role == 'id_column' else ''}")
+
+
+def is_text_type(kind: pa.DataType) -> bool:
+    """Whether a column of ``kind`` holds text the caption stage reads (string or binary, any width, or null)."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind) or pa.types.is_null(kind) or pa.types.is_string_view(kind)
+            or pa.types.is_binary_view(kind))
 
 
 def sample_fraction(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
@@ -177,7 +197,8 @@ def _item_as_str(item) -> str | None:
 
 
 
-_STATUSES = pa.array(["ok", "no_caption", "not_sampled", "missing_url"])
+_STATUSES = pa.array(["ok", "no_caption", "not_sampled", "missing_url", "undecodable_caption", "undecodable_url",
+                      "missing_id"])
 
 
 class CaptionFilter:
@@ -188,8 +209,10 @@ class CaptionFilter:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         check_columns(self.cfg, batch.column_names)
-        text = _as_text(batch.column(self.cfg.text_column))
-        url = pc.cast(batch.column(self.cfg.url_column), pa.string())
+        # A row whose caption or URL is not UTF-8 is counted and dropped, never the batch's end.
+        text, bad_text = decoded_text(batch.column(self.cfg.text_column))
+        url, bad_url = decoded_text(batch.column(self.cfg.url_column))
+        ids = self._all_ids(batch, url)
         parsed = parse_captions(text)
         count = pc.fill_null(pc.cast(parsed.column("count"), pa.int16()), 0)
         counting = np.asarray(pc.greater_equal(count, 2))
@@ -203,16 +226,21 @@ class CaptionFilter:
             sampled = candidates
         elif self.cfg.non_counting_rate > 0.0:  # hash only the candidates' ids
             where = pa.array(np.flatnonzero(candidates))
-            sampled[where] = sample_fraction(self._ids(batch, url, where), self.cfg.seed) < self.cfg.non_counting_rate
+            sampled[where] = sample_fraction(ids.take(where), self.cfg.seed) < self.cfg.non_counting_rate
 
         status = np.zeros(len(batch), dtype=np.int8)  # codes into _STATUSES; 0 is ok
         status[candidates & ~sampled] = 2  # not_sampled
         status[missing_url & (status == 0) & has_text] = 3  # missing_url
+        status[(status == 3) & bad_url] = 5  # undecodable_url
         status[~has_text] = 1  # no_caption
+        status[bad_text] = 4  # undecodable_caption
+        if self.cfg.id_column:  # an id is what makes a row one row: none, and it cannot be kept
+            no_id = np.asarray(pc.fill_null(pc.equal(pc.binary_length(ids), 0), True))
+            status[(status == 0) & no_id] = 6  # missing_id
         # Only the kept rows are gathered; the rejected ones are only counted (by status and kind).
         ok = pa.array(np.flatnonzero(status == 0))
         kept = pa.table({
-            "sample_id": self._ids(batch, url, ok),
+            "sample_id": ids.take(ok),
             "url": url.take(ok),
             "caption": pc.cast(text.take(ok), pa.string()),
             "caption_count": count.take(ok),
@@ -223,11 +251,14 @@ class CaptionFilter:
         }, schema=_ROW_SCHEMA)
         return pa.concat_tables([kept, _reject_summary(status, counting)])
 
-    def _ids(self, batch: pa.Table, url: pa.ChunkedArray, rows: pa.Array) -> pa.Array:
-        """The stable ids of the given rows: the id column, or "u:" + URL."""
-        if self.cfg.id_column:
-            return pc.cast(batch.column(self.cfg.id_column).take(rows), pa.string())
-        return pc.binary_join_element_wise("u:", url.take(rows), "")
+    def _all_ids(self, batch: pa.Table, url: pa.Array) -> pa.Array:
+        """The stable id of every row: the id column (null where missing or not UTF-8), or "u:" + URL."""
+        if not self.cfg.id_column:
+            return pc.binary_join_element_wise("u:", url, "")
+        column = batch.column(self.cfg.id_column)
+        if pa.types.is_integer(column.type):
+            return pc.cast(column, pa.string()).combine_chunks()
+        return decoded_text(column)[0]
 
 
 _ROW_SCHEMA = pa.schema(list(STAGE_COLUMNS.items()))
@@ -251,18 +282,29 @@ def _reject_summary(status: np.ndarray, counting: np.ndarray) -> pa.Table:
     }, schema=_ROW_SCHEMA)
 
 
-def _as_text(column) -> pa.ChunkedArray | pa.Array:
-    """Captions as a string column; binary captions that are not valid UTF-8 become null."""
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        return column
-    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+def decoded_text(column: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """(a text column as valid UTF-8 strings, (N,) bool of the rows that were not valid UTF-8 and
+    are null in it). String columns are validated too: a parquet writer may store invalid UTF-8."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    kind, bad = column.type, np.zeros(len(column), dtype=bool)
+    if pa.types.is_null(kind):
+        return pa.nulls(len(column), pa.string()), bad
+    if not is_text_type(kind):
+        raise ValueError(f"a text column has type {kind}; expected text (string or binary)")
+    if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind):
+        column = column.cast(pa.large_binary())
+    try:
+        column.validate(full=True)  # binary columns: always valid, checked by the cast below
+        return column.cast(pa.string()), bad
+    except pa.ArrowInvalid:  # some rows are not UTF-8: a per-row pass, for corrupt input only
         values = []
-        for item in column.to_pylist():
+        for i, item in enumerate(column.cast(pa.large_binary()).to_pylist()):
             try:
                 values.append(item.decode("utf-8") if item is not None else None)
             except UnicodeDecodeError:
                 values.append(None)
-        return pa.array(values, pa.string())
-    if pa.types.is_null(column.type):
-        return pa.nulls(len(column), pa.string())
-    raise ValueError(f"the caption column has type {column.type}; expected text")
+                bad[i] = True
+        return pa.array(values, pa.string()), bad

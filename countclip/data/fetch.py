@@ -11,7 +11,8 @@ returns the input columns plus
 
 Every failure is a status on its row, never an exception, and nothing is counted here: the pipeline
 aggregates ``fetch_status``. Statuses: missing_url, bad_url, unsupported_scheme, local_file_refused,
-missing_file, unreadable_file, missing_object, s3_error, private_address, dns_error, timeout,
+missing_file, not_a_file (a folder, FIFO or device), unreadable_file,
+missing_object, s3_error, private_address, dns_error, timeout,
 connection_error, tls_error, too_many_redirects, http_<code> (any status but 200), too_large, empty,
 not_an_image, too_many_pixels, corrupt_image, internal_error (a bug here; logged).
 
@@ -100,10 +101,11 @@ class FetchConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         require(bool(self.url_column), "url_column must name the column holding image URLs")
-        require(self.connect_timeout_s > 0, f"connect_timeout_s must be positive, got {self.connect_timeout_s}")
-        require(self.read_timeout_s > 0, f"read_timeout_s must be positive, got {self.read_timeout_s}")
+        # Upper bounds too: a timeout of 1e300 s passes a "> 0" check and then overflows the socket's.
+        require(0 < self.connect_timeout_s <= 3600, f"connect_timeout_s must be in (0, 3600], got {self.connect_timeout_s}")
+        require(0 < self.read_timeout_s <= 86400, f"read_timeout_s must be in (0, 86400], got {self.read_timeout_s}")
         require(0 <= self.retries <= 10, f"retries must be in [0, 10], got {self.retries}")
-        require(self.backoff_s >= 0, f"backoff_s must be >= 0, got {self.backoff_s}")
+        require(0 <= self.backoff_s <= 600, f"backoff_s must be in [0, 600], got {self.backoff_s}")
         require(self.max_bytes > 0, f"max_bytes must be positive, got {self.max_bytes}")
         require(self.max_pixels > 0, f"max_pixels must be positive, got {self.max_pixels}")
         require(self.max_side >= 16, f"max_side must be at least 16 pixels, got {self.max_side}")
@@ -294,17 +296,21 @@ class ImageFetcher:
         if parts.scheme == "file" and parts.netloc not in ("", "localhost"):
             raise FetchFailure("bad_url")  # file://otherhost/... names a remote file
         try:
-            with storage.local_path(url).open("rb") as f:
-                data = f.read(self.cfg.max_bytes + 1)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            path = storage.local_path(url)
+        except ValueError:
+            raise FetchFailure("bad_url") from None
+        if "\x00" in str(path):
+            raise FetchFailure("bad_url")
+        try:  # regular files only (a FIFO would block this thread for ever), at most max_bytes
+            return storage.read_local_file(path, self.cfg.max_bytes)
+        except FileNotFoundError:
             raise FetchFailure("missing_file") from None
+        except storage.NotARegularFile:
+            raise FetchFailure("not_a_file") from None
+        except storage.FileTooLarge:
+            raise FetchFailure("too_large") from None
         except OSError:
             raise FetchFailure("unreadable_file") from None
-        except ValueError:  # a NUL byte in the path
-            raise FetchFailure("bad_url") from None
-        if len(data) > self.cfg.max_bytes:
-            raise FetchFailure("too_large")
-        return data
 
 
 def _object_array(values: list) -> np.ndarray:

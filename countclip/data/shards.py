@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from countclip import storage
+from countclip import output_folder, storage
 from countclip.config import ConfigBase, require
 from countclip.data.captions import sample_fraction
 from countclip.losses import count_weights
@@ -98,23 +98,50 @@ def select_rows(candidates: pa.Table, cfg: ShardConfig) -> tuple[np.ndarray, dic
     return keep, {k: v for k, v in rejects.items() if v}
 
 
-def write_dataset(output: str, rows: pa.Table, manifest: dict, cfg: ShardConfig, summary=None) -> dict:
+def write_dataset(output: str, rows: pa.Table, manifest: dict, cfg: ShardConfig, summary=None,
+                  overwrite: bool = False) -> dict:
     """Write ``rows`` (sorted by sample_id) as shards, ``summary.txt`` (``summary(manifest)``) and
-    the manifest, last; return the manifest."""
+    the manifest, last; return the manifest. An output holding files countclip did not write as a
+    dataset is refused unless ``overwrite`` (they are then kept: ``output_folder.atomic_dir``)."""
     rows = rows.select(SHARD_COLUMNS).cast(SHARD_SCHEMA).sort_by("sample_id")
     if storage.is_s3(output):
-        return _write_s3(output.rstrip("/"), rows, manifest, cfg, summary)
-    with storage.atomic_dir(storage.local_path(output)) as tmp:
+        return _write_s3(output.rstrip("/"), rows, manifest, cfg, summary, overwrite)
+    with output_folder.atomic_dir(storage.local_path(output), "dataset", overwrite) as tmp:
         result = _write_shards(str(tmp), rows, manifest, cfg, summary)
     return result
 
 
-def _write_s3(prefix: str, rows: pa.Table, manifest: dict, cfg: ShardConfig, summary) -> dict:
+def check_output(output: str, overwrite: bool = False) -> None:
+    """Before any work: the output may hold only a countclip dataset (or nothing), unless overwrite."""
+    if not storage.is_s3(output):
+        output_folder.check_output_folder(storage.local_path(output), "dataset", overwrite)
+        return
+    prefix = output.rstrip("/")
+    foreign = sorted(set(storage.list_objects(prefix)) - _dataset_objects(prefix))
+    if foreign and not overwrite:
+        raise output_folder.OutputFolderError(
+            f"output {prefix} already holds {len(foreign)} object(s) that are not a countclip dataset's (e.g. "
+            f"{foreign[0]}); nothing was written. Choose a new prefix, or overwrite=true to write beside them (kept)")
+
+
+def _dataset_objects(prefix: str) -> set[str]:
+    """The objects of the countclip dataset under an s3:// prefix: its manifest, summary and shards."""
+    staging = set(storage.list_objects(f"{prefix}/.staging"))  # a build's own scratch space
+    try:
+        old = read_manifest(prefix)
+    except (FileNotFoundError, ValueError):
+        return staging
+    return {f"{prefix}/{s['path']}" for s in old["shards"]} | {f"{prefix}/{MANIFEST}", f"{prefix}/summary.txt"} | staging
+
+
+def _write_s3(prefix: str, rows: pa.Table, manifest: dict, cfg: ShardConfig, summary, overwrite: bool) -> dict:
+    check_output(prefix, overwrite)
+    previous = _dataset_objects(prefix)
     storage.delete(f"{prefix}/{MANIFEST}")  # incomplete until rewritten last
     result = _write_shards(prefix, rows, manifest, cfg, summary)
-    listed = {f"{prefix}/{s['path']}" for s in result["shards"]} | {f"{prefix}/{MANIFEST}"}
-    for stale in storage.list_objects(f"{prefix}/shards"):
-        if stale not in listed:
+    listed = {f"{prefix}/{s['path']}" for s in result["shards"]} | {f"{prefix}/{MANIFEST}", f"{prefix}/summary.txt"}
+    for stale in sorted(previous - listed):  # only shards the previous manifest listed: countclip's own
+        if "/.staging/" not in stale:
             storage.delete(stale)
     return result
 

@@ -26,6 +26,7 @@ from countclip.evaluate import (
     open_benchmark_image,
     retrieval_metrics,
     save_confusion_png,
+    wds_layout,
     zeroshot_imagefolder,
     zeroshot_wds,
 )
@@ -47,6 +48,9 @@ class RegisterConfig(ConfigBase):
     """Alias moved to the new version only when it is better (see zeroshot_tolerance)."""
     zeroshot_tolerance: float = 0.03
     """Largest zero-shot accuracy drop (fraction) a better counter may have and still be promoted."""
+    allow_image_paths: bool = False
+    """Log the model for batch scoring on trusted hosts: it then also reads `image_path` rows from the
+    disk it runs on. Off, it takes encoded image bytes only (what a served model must do)."""
 
     def __post_init__(self) -> None:
         require(0 <= self.zeroshot_tolerance <= 1, "register.zeroshot_tolerance must be in [0, 1]")
@@ -149,6 +153,8 @@ def run_evaluation(cfg: EvalJobConfig, echo=print) -> dict:
     tic = time.perf_counter()
     tracking.quiet_mlflow()
     entries = load_countbench(cfg.countbench)  # a malformed file stops here, before anything is logged
+    for folder in cfg.zeroshot_wds:
+        wds_layout(folder)  # so does a zero-shot folder that is not one
     tracking.check_reachable(cfg.tracking)
     model, preprocess, tokenizer = load_model(cfg.model)
     if cfg.wise_ft is not None:  # the blend is what gets evaluated, exported and registered
@@ -237,7 +243,7 @@ def _log_and_register(cfg: EvalJobConfig, metrics: dict, out: Path, folder: str 
     decision = {"run_id": run_id}
     if folder is not None:
         example = png_bytes(render(sample_scene(np.random.default_rng(0), 3), 64))
-        model_uri = tracking.log_count_model(cfg.tracking, run_id, folder, example)
+        model_uri = tracking.log_count_model(cfg.tracking, run_id, folder, example, cfg.register.allow_image_paths)
         decision["model_uri"] = model_uri
         if cfg.register.name:
             decision |= tracking.register_and_promote(cfg.tracking, model_uri, cfg.register.name, metrics,

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from countclip import storage
-from countclip.data.shards import SHARD_SCHEMA, ShardConfig, write_dataset
+from countclip import output_folder, storage
+from countclip.data.shards import SHARD_SCHEMA, ShardConfig, check_output, write_dataset
 from countclip.numbers import COUNTS, caption_variants
 from countclip.world.scenes import (
     ZEROSHOT_TASKS,
@@ -45,15 +45,16 @@ def encode(pixels: np.ndarray, image_format: str = "png") -> bytes:
 
 
 def write_benchmark(folder: str | Path, seed: int, per_count: int, image_size: int, same_size: bool = False,
-                    grid: int | None = None) -> Path:
+                    grid: int | None = None, overwrite: bool = False) -> Path:
     """A balanced CountBench-format benchmark: ``per_count`` images for each count 2..10.
 
     Writes ``countworld_bench.json`` (fields image_url, text, number; image_url relative to the file)
-    and the PNGs under ``images/``; returns the JSON path. The folder appears whole or not at all.
+    and the PNGs under ``images/``; returns the JSON path. The folder appears whole or not at all; one
+    holding files countclip did not write is refused unless ``overwrite`` (they are then kept).
     """
     folder = Path(folder)
     rng = np.random.default_rng(seed)
-    with storage.atomic_dir(folder) as tmp:
+    with output_folder.atomic_dir(folder, "benchmark", overwrite) as tmp:
         entries = []
         for count in COUNTS:
             for _ in range(per_count):
@@ -66,18 +67,19 @@ def write_benchmark(folder: str | Path, seed: int, per_count: int, image_size: i
 
 
 def write_zeroshot_wds(root: str | Path, seed: int, n: int, image_size: int, same_size: bool = False,
-                       grid: int | None = None, templates: int = 32) -> list[str]:
+                       grid: int | None = None, templates: int = 32, overwrite: bool = False) -> list[str]:
     """CountWorld's zero-shot tasks (shape, colour, background) in CLIP_benchmark's webdataset layout:
     ``root/wds/countworld_<task>/`` holding ``test/0.tar`` (``<key>.png`` + ``<key>.cls``, the class
     index), ``test/nshards.txt``, ``classnames.txt`` and ``zeroshot_classification_templates.txt``
     (``{c}`` templates). The same ``n`` images in every task. Returns the dataset names
     (``wds/countworld_shape``, ...), which ``clip_benchmark eval --dataset NAME --dataset_root 'ROOT/wds/{dataset}'``
-    and ``countclip evaluate zeroshot_wds=[ROOT/NAME]`` read. The root appears whole or not at all."""
+    and ``countclip evaluate zeroshot_wds=[ROOT/NAME]`` read. The root appears whole or not at all; one
+    holding files countclip did not write is refused unless ``overwrite`` (they are then kept)."""
     images, labels = zeroshot_set(seed, n, image_size, same_size, grid)
     pngs = [png_bytes(image) for image in images]
     root = Path(root)
     names = []
-    with storage.atomic_dir(root) as tmp:
+    with output_folder.atomic_dir(root, "zero-shot set", overwrite) as tmp:
         for task, classes in ZEROSHOT_TASKS.items():
             folder = tmp / "wds" / f"countworld_{task}"
             (folder / "test").mkdir(parents=True)
@@ -123,16 +125,17 @@ NON_COUNT_PHRASES: tuple[str, ...] = (
 
 
 def write_source(folder: str | Path, seed: int, rows: int, image_size: int = 128, same_size: bool = True,
-                 distractor_share: float = 0.15, grid: int | None = None) -> dict[str, Path]:
+                 distractor_share: float = 0.15, grid: int | None = None, overwrite: bool = False) -> dict[str, Path]:
     """A LAION-style noisy source: ``source.parquet`` (SAMPLE_ID, URL, TEXT, WIDTH, HEIGHT,
     similarity; URLs are file:// paths to ``images/``), and ``truth.parquet`` with the ground truth
     of every row (kind, true count of the named shape, the count the caption states). The folder
-    appears whole or not at all; the same seed gives the same files."""
+    appears whole or not at all (one holding other files is refused unless ``overwrite``: see
+    ``output_folder.atomic_dir``); the same seed gives the same files."""
     folder = Path(folder).resolve()
     rng = np.random.default_rng(seed)
     kinds, shares = list(SOURCE_MIX), np.array(list(SOURCE_MIX.values()))
     source, truth = [], []
-    with storage.atomic_dir(folder) as tmp:
+    with output_folder.atomic_dir(folder, "source", overwrite) as tmp:
         for i in range(rows):
             kind = kinds[rng.choice(len(kinds), p=shares / shares.sum())]
             counting = kind in ("truthful", "lie") or (kind in ("broken", "missing") and rng.random() < 0.5)
@@ -165,12 +168,14 @@ def write_source(folder: str | Path, seed: int, rows: int, image_size: int = 128
 
 def write_clean_dataset(output: str, seed: int, rows: int, image_size: int = 64, counting_share: float = 0.4,
                         rows_per_shard: int = 2000, *, style: CaptionStyle | None = None, same_size: bool = True,
-                        grid: int | None = None, image_format: str = "png", miscount_share: float = 0.0) -> dict:
+                        grid: int | None = None, image_format: str = "png", miscount_share: float = 0.0,
+                        overwrite: bool = False) -> dict:
     """A training dataset straight from CountWorld's ground truth (no fetch, no verification): the
     same shards and manifest the build writes, for the experiment, tests and quick training runs.
     image_format: png (lossless: the pixels rendered) or jpeg (quality 90, as the build's fetch writes).
     miscount_share: that share of the counting captions states another count (drawn apart from the
     rows, so the same seed gives the same scenes with and without it): a naively filtered set."""
+    check_output(output, overwrite)  # before the rendering, not after
     records, lies = [], np.random.default_rng((seed, 17))
     for i, row in enumerate(sample_rows(seed, rows, counting_share, style, same_size, grid)):
         text, stated = row.caption, row.count
@@ -186,4 +191,4 @@ def write_clean_dataset(output: str, seed: int, rows: int, image_size: int = 64,
     table = pa.Table.from_pylist(records, schema=SHARD_SCHEMA)
     manifest = {"rows_in": rows, "rows_rejected": 0, "rejects": {},
                 "source": {"countworld_seed": seed, "miscount_share": miscount_share}}
-    return write_dataset(output, table, manifest, ShardConfig(rows_per_shard=rows_per_shard))
+    return write_dataset(output, table, manifest, ShardConfig(rows_per_shard=rows_per_shard), overwrite=overwrite)

@@ -55,11 +55,39 @@ def test_non_counting_sample_is_reproducible_and_near_its_rate():
     assert sorted(kept.sample_id) == sorted(np.asarray(ids.to_pylist())[frac < 0.1])
 
 
-def test_binary_captions_with_bad_utf8_count_as_missing():
+def test_binary_captions_with_bad_utf8_are_counted_by_their_own_reason():
     batch = source(URL=["a", "b"], TEXT=pa.array([b"\xff\xfe three dogs", b"two cats"], pa.binary()))
     out = CaptionFilter(CaptionConfig(non_counting_rate=0.0))(batch).to_pandas()
     assert out[out.status == "ok"].caption.tolist() == ["two cats"]
-    assert out[out.status == "no_caption"].n_rows.sum() == 1
+    assert out[out.status == "undecodable_caption"].n_rows.sum() == 1
+
+
+def _invalid_utf8_strings(items: list[bytes]) -> pa.Array:
+    """A string array holding invalid UTF-8, as a parquet writer that does not validate may store it."""
+    binary = pa.array(items, pa.binary())
+    return pa.Array.from_buffers(pa.string(), len(binary), binary.buffers())
+
+
+def test_undecodable_urls_captions_and_ids_are_counted_per_row_not_fatal():
+    batch = source(
+        SAMPLE_ID=pa.array([b"a", b"b", b"\xff", None, b"", b"f"], pa.binary()),
+        URL=pa.array([b"u1", b"\xc3(", b"u3", b"u4", b"u5", b"u6"], pa.binary()),
+        TEXT=_invalid_utf8_strings([b"two cats", b"three dogs", b"four hens", b"five owls", b"six pigs", b"\xe2\x28 x"]),
+    )
+    out = CaptionFilter(CaptionConfig(id_column="SAMPLE_ID", non_counting_rate=0.0))(batch).to_pandas()
+    assert out[out.status == "ok"].sample_id.tolist() == ["a"]
+    rejected = out[out.status != "ok"].set_index("status").n_rows.to_dict()
+    assert rejected == {"undecodable_url": 1, "missing_id": 3, "undecodable_caption": 1}
+    assert out.n_rows.sum() == batch.num_rows
+
+
+def test_column_types_are_checked_before_any_row_is_read():
+    cfg = CaptionConfig(id_column="SAMPLE_ID")
+    check_columns(cfg, {"URL": pa.binary(), "TEXT": pa.large_string(), "SAMPLE_ID": pa.int64()})
+    with pytest.raises(ValueError, match=r"'TEXT' \(captions.text_column\) has type int64; expected text"):
+        check_columns(cfg, {"URL": pa.string(), "TEXT": pa.int64(), "SAMPLE_ID": pa.string()})
+    with pytest.raises(ValueError, match=r"'SAMPLE_ID' \(captions.id_column\) has type double"):
+        check_columns(cfg, {"URL": pa.string(), "TEXT": pa.string(), "SAMPLE_ID": pa.float64()})
 
 
 def test_missing_column_is_a_clear_error():
@@ -202,6 +230,7 @@ def test_bad_captions_in_the_stage_are_rows_with_a_reason_never_a_crash():
     out = CaptionFilter(CaptionConfig(non_counting_rate=0.0))(batch).to_pandas()
     kept = out[out.status == "ok"]
     assert kept.caption_count.tolist() == [3, 2] and kept.caption.str.len().tolist() == [len(huge), 8]
-    assert out[out.status != "ok"].set_index("status").n_rows.to_dict() == {"no_caption": 3, "not_sampled": 1}
+    assert out[out.status != "ok"].set_index("status").n_rows.to_dict() == {"no_caption": 2, "undecodable_caption": 1,
+                                                                        "not_sampled": 1}
     with pytest.raises(TypeError, match="int"):
         parse_captions(["two dogs", 7])  # not text at all: a clear error

@@ -80,12 +80,38 @@ def test_schema_and_source_errors_stop_before_any_work(source, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_source_files_must_agree_on_column_types_but_text_may_be_string_or_binary(tmp_path):
+    from countclip.jobs.build_dataset import inspect_source
+
+    pq.write_table(pa.table({"ID": ["a"], "TEXT": ["three dogs"]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"ID": ["b"], "TEXT": pa.array([b"\xff two cats"], pa.binary())}), tmp_path / "b.parquet")
+    files, columns, _ = inspect_source([str(tmp_path)])
+    assert len(files) == 2 and set(columns) == {"ID", "TEXT"}
+    pq.write_table(pa.table({"ID": ["c"], "TEXT": [3]}), tmp_path / "c.parquet")
+    with pytest.raises(ValueError, match=r"c.parquet has column 'TEXT' of type int64, the others string"):
+        inspect_source([str(tmp_path)])
+
+
 def test_actor_pools_that_leave_no_cpu_for_reading_are_refused():
     from countclip.jobs.build_dataset import ClusterConfig, check_capacity
 
-    check_capacity(ClusterConfig(fetch_actors=2, fetch_cpus=0.25, verify_actors=1, verify_cpus=0.5), 2.0)
+    check_capacity(ClusterConfig(fetch_actors=2, fetch_cpus=0.25, verify_actors=1, verify_cpus=0.5), {"CPU": 2.0})
     with pytest.raises(ValueError, match="reserve 1.5 of the cluster's 2 CPUs"):
-        check_capacity(ClusterConfig(fetch_actors=2, fetch_cpus=0.25, verify_actors=2, verify_cpus=0.5), 2.0)
+        check_capacity(ClusterConfig(fetch_actors=2, fetch_cpus=0.25, verify_actors=2, verify_cpus=0.5), {"CPU": 2.0})
+
+
+def test_gpus_and_custom_resources_the_cluster_lacks_are_refused_up_front():
+    from countclip.jobs.build_dataset import ClusterConfig, check_capacity
+
+    cpu_only = {"CPU": 4.0}
+    with pytest.raises(ValueError, match="need 1 GPU but the cluster has 0; set cluster.verify_gpus=0"):
+        check_capacity(ClusterConfig(verify_gpus=1), cpu_only)
+    with pytest.raises(ValueError, match="need 2 fetch_slot but the cluster has 1"):
+        check_capacity(ClusterConfig(fetch_resources={"fetch_slot": 1}), {**cpu_only, "fetch_slot": 1.0})
+    two_nodes = [{"CPU": 2.0, "GPU": 1.0}, {"CPU": 2.0, "GPU": 1.0}]
+    check_capacity(ClusterConfig(verify_gpus=1, verify_actors=2), {"CPU": 4.0, "GPU": 2.0}, two_nodes)
+    with pytest.raises(ValueError, match="no node of the cluster can hold one verify actor"):
+        check_capacity(ClusterConfig(verify_gpus=2), {"CPU": 4.0, "GPU": 2.0}, two_nodes)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
