@@ -9,7 +9,9 @@ For each size it builds (or reuses) CountWorld shards in the layout the build wr
   step only consumes the batch: ``TrainingStream`` (Ray Data decode tasks: decode and the model's
   preprocess) as the train job runs it. peak_rss_mib is the training worker's (with its anonymous and
   shared-memory parts at the end: the object store's pages count once the worker reads them),
-  first_step_s from the trainer's start to the first batch in hand, samples_per_s from step 10 on;
+  first_step_s from the trainer's start to the first batch in hand, samples_per_s from step 10 on,
+  worker_cpu_cores the training process's own CPU use over those steps (Ray Data's iterator and
+  executor threads: what the consumer takes from the cores the decode tasks run on);
   with --with-builder the step also runs ``BatchBuilder`` (normalise, tokenise, draw counterfactuals:
   the work a training step does on its own CPU, on the GPU's host);
 - the old path (a faithful copy of the removed ``load_training_set``: every row decoded in one thread
@@ -72,12 +74,22 @@ def stream_worker(config: dict) -> None:
         now = time.time()
         first = first or now
         times.append(now)
+        if step == 10:
+            cpu_at_10 = _cpu_seconds()
     warm = times[10:]
+    worker_cores = (_cpu_seconds() - cpu_at_10) / (warm[-1] - warm[0])
     # Train V2 keeps only metrics reported with a checkpoint: the figures go to a file instead.
     Path(config["out"]).write_text(json.dumps({
         "first_step_s": first - config["start"], "samples_per_s": (len(warm) - 1) * cfg.batch_size / (warm[-1] - warm[0]),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **_rss_parts(),
-        "mean_pixel": float(np.mean(pixels)), "node": ray.get_runtime_context().get_node_id()}))
+        "mean_pixel": float(np.mean(pixels)), "worker_cpu_cores": worker_cores,
+        "node": ray.get_runtime_context().get_node_id()}))
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process so far (the step, Ray Data's iterator and executor threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _rss_parts() -> dict:
