@@ -259,10 +259,8 @@ def ray_blocks(items: list[dict], preprocess: ImagePreprocess, cfg: IngestConfig
     import ray.data  # Ray only where a stream runs on a cluster (the experiment never imports it)
 
     ds = ray.data.from_items([{"window": json.dumps(item)} for item in items], override_num_blocks=len(items))
-    # Blocks of exactly the rows a step takes from this pool: iter_batches then hands them on without
-    # slicing and concatenating (only the block that ends a window is split).
-    ds = ds.map_batches(decode_windows, fn_kwargs={"preprocess": preprocess, "block_rows": batch_rows}, batch_size=1,
-                        batch_format="numpy", num_cpus=cfg.decode_cpus)
+    ds = ds.map_batches(decode_windows, fn_kwargs={"preprocess": preprocess}, batch_size=1, batch_format="numpy",
+                        num_cpus=cfg.decode_cpus)
     ds.context.execution_options.preserve_order = True  # the plan's order is the batches' order
     ds.context.enable_progress_bars = False
     yield from ds.iter_batches(batch_size=batch_rows, batch_format="numpy", prefetch_batches=cfg.prefetch_batches)
