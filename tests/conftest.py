@@ -43,24 +43,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_serving(url: str, proc: subprocess.Popen, log: Path, seconds: float) -> None:
-    """Poll ``url`` until it answers; a server that exits, or does not answer within ``seconds``
-    (it is then killed), fails with the end of its log."""
-    import urllib.request
-
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{url}: the server exited: " + log.read_text()[-3000:]) from None
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"{url} did not answer within {seconds:g} s: " + log.read_text()[-3000:])
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 endpoint (moto's server) on 127.0.0.1 for the session; yields its URL."""
@@ -243,7 +225,20 @@ def mlflow_server(s3_endpoint, tmp_path_factory):
          "--artifacts-destination", f"s3://{bucket}/artifacts", "--host", "127.0.0.1", "--port", str(port)],
         env=env, stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    wait_until_serving(f"{url}/health", proc, folder / "server.log", 120)
+    import urllib.request
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError((folder / "server.log").read_text()[-2000:]) from None
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("mlflow server did not start: " + (folder / "server.log").read_text()[-2000:])
     yield {"url": url, "bucket": bucket, "s3": s3_endpoint}
     proc.terminate()
     proc.wait(timeout=20)

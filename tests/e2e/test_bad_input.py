@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import REPO, VERIFIER, free_port, scene_png, wait_until_serving
+from ..conftest import REPO, VERIFIER, free_port, scene_png
 
 
 @dataclass(frozen=True)
@@ -530,11 +530,20 @@ def served_model(tmp_path_factory, open_clip_folders):
     proc = subprocess.Popen([str(venv_bin / "mlflow"), "models", "serve", "-m", uri, "--env-manager",
                              "local", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log,
                             stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
-    try:
-        wait_until_serving(f"http://127.0.0.1:{port}/ping", proc, folder / "serve.log", 300)
-    except RuntimeError:
-        os.killpg(proc.pid, signal.SIGKILL)  # its uvicorn workers too
-        raise
+    import urllib.request
+
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError((folder / "serve.log").read_text()[-3000:]) from None
+            time.sleep(1)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise RuntimeError("mlflow models serve did not start: " + (folder / "serve.log").read_text()[-3000:])
     yield f"http://127.0.0.1:{port}/invocations"
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)

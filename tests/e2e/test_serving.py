@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from countclip.jobs.evaluate import run_evaluation
 
-from ..conftest import eval_config, free_port, wait_until_serving
+from ..conftest import eval_config, free_port
 
 
 def post(url: str, payload: dict) -> tuple[int, dict]:
@@ -42,7 +43,14 @@ def test_mlflow_models_serve_counts_like_the_cli_and_refuses_bad_input(bench, ch
         env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_serving(f"{url}/ping", server, tmp_path / "serve.log", 240)
+        deadline = time.time() + 240
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2).read()
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(1)
         images = sorted((bench.parent / "images").glob("*.png"))[:4]
         encoded = [base64.b64encode(p.read_bytes()).decode() for p in images]
         status, body = post(f"{url}/invocations", {"dataframe_split": {
