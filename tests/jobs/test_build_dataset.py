@@ -185,7 +185,7 @@ def test_bad_web_input_is_counted_by_reason_and_the_job_completes(tmp_path, ray_
     fetch = manifest["rejects"]["fetch"]
     assert fetch == {"empty": 1, "corrupt_image": 1, "not_an_image": 1, "http_404": 1, "timeout": 1,
                      "private_address": 3, "too_many_pixels": 1}
-    assert manifest["rejects"]["captions"] == {"no_caption": 2}
+    assert manifest["rejects"]["captions"] == {"no_caption": 1, "undecodable_caption": 1}  # null; not UTF-8
     assert manifest["rows_in"] == 13 and manifest["written"]["counting"] == 2
 
 
