@@ -90,13 +90,12 @@ def not_a_visible_count(caption: str, start: int, end: int, previous: str, after
         return True
     before = previous.lower()
     bare = not after or bool(after[0][0].strip()) or after[0][1].isdigit()  # "for two 2": a digit note
-    two_before = caption[max(0, start - 24):start].lower().split()[-2:]
     if before and (
         (before == "for" and (not phrase or phrase[-1] in _CAPACITY_NOUNS))  # "Dinner for two?"
         or (before == "in" and bare)  # "cuts the village in two"
         or before in _SEEKING or before in _VICTIMS_OF or before in _YIELDS  # "hiring three"; "serves four"
         or (before == "for" and caption[max(0, start - 24):start - 4].lower().split()[-1:] in _LOOKING)
-        or (len(two_before) == 2 and two_before[0] in _SHOT and before in _POSSESSIVE)  # "shot her four"
+        or (before in _POSSESSIVE and _shot_before(caption, start))  # "shot her four"
         or (not after and before not in _STOP_BEFORE and not looks_plural(before) and _thing_word(before))
     ):  # the last: "the art life two" closing a name (Title Case: `_in_a_title`)
         return True
@@ -110,6 +109,12 @@ def not_a_visible_count(caption: str, start: int, end: int, previous: str, after
             or _a_work_by(caption, end)
             or bool(_WORK_RE.search(caption))))  # "Two Mules for Sister Sara (1970) 720p BRRip"
     )
+
+
+def _shot_before(caption: str, start: int) -> bool:
+    """The word two before the number word is one of _SHOT ("shot her four children")."""
+    two_before = caption[max(0, start - 24):start].lower().split()[-2:]
+    return len(two_before) == 2 and two_before[0] in _SHOT
 
 
 def _measure_of_one(after: Tokens, phrase: Sequence[str], looks_plural: Callable[[str], bool]) -> bool:
