@@ -190,6 +190,12 @@ def _ray_cluster_session(tmp_path_factory):
         _wait_for_job_agent(f"http://127.0.0.1:{dashboard}")
         yield {"address": f"http://127.0.0.1:{dashboard}", "gcs": f"127.0.0.1:{port}", "env": env}
     finally:
+        # `ray stop --force` kills every Ray process of this user, the in-process instance of
+        # `ray_local` too; a driver whose GCS and raylet die under it exits the whole pytest process
+        # with status 1 (seen in CI: no summary, exit 1). Disconnect the driver first.
+        import ray as ray_api
+
+        ray_api.shutdown()
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
 
 
