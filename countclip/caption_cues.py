@@ -64,6 +64,7 @@ _WORK_RE = re.compile(
 )
 _SEEKING = frozenset("seeking hiring recruiting wanted".split())  # "hiring three drivers"
 _LOOKING = (["looking"], ["searching"], ["search"])  # "is looking for two school nurses"
+_CUES_BEFORE = frozenset({"for", "in"}) | _SEEKING | _VICTIMS_OF | _YIELDS | _POSSESSIVE  # read as the word before
 _BY_NAME_RE = re.compile(r"(?: by|By:) [A-Z][a-z]+ [A-Z][a-z]+")  # "by Mary Higgins Clark"; not "Standing By"
 _PICTURE_RE = re.compile(
     r"\b(?:prints?|posters?|paintings?|painted|canvas|photos?|photograph\w*|pictures?|art|artwork|drawings?|"
@@ -90,7 +91,7 @@ def not_a_visible_count(caption: str, start: int, end: int, previous: str, after
         return True
     before = previous.lower()
     bare = not after or bool(after[0][0].strip()) or after[0][1].isdigit()  # "for two 2": a digit note
-    if before and (
+    if before and (before in _CUES_BEFORE or not after) and (
         (before == "for" and (not phrase or phrase[-1] in _CAPACITY_NOUNS))  # "Dinner for two?"
         or (before == "in" and bare)  # "cuts the village in two"
         or before in _SEEKING or before in _VICTIMS_OF or before in _YIELDS  # "hiring three"; "serves four"

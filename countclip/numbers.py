@@ -158,6 +158,10 @@ _PHRASE_STOP = _NUMBERISH | _words(
     "where as than then them they their it its we us our you your he she his her i me my "
     "including featuring containing showing holding wearing having using"
 )
+# Every word some rule of `_excluded_by_before` reads as the word before a number word (with
+# digits and, for bare numbers, any word): any other word there excludes nothing.
+_BEFORE_CUE_WORDS = (_NUMBERISH | _CONNECTORS | _NUMBERING_PREV | _NUMBERING_ABBREV | _APPROX_PREV | _NOT_COUNT_PREV
+                     | _ARTICLES)
 _JOINER = "and"  # kept between modifiers: "black and white photos"
 _IRREGULAR_PLURALS = _words(
     "men women children people feet teeth geese mice dice sheep fish deer moose oxen cattle police moai"
@@ -309,6 +313,8 @@ def _is_numberish(word: str) -> bool:
 
 def _excluded_by_before(words: list[str], sep: str, bare: bool, right: str) -> bool:
     w1, w2 = (words + ["", ""])[:2]
+    if w1 not in _BEFORE_CUE_WORDS and not w1.isdigit() and not bare:
+        return False  # the common case: no rule below reads an ordinary word before the number
     plain = sep.isspace()
     return (
         (plain and w1 in _NUMBERISH)  # "twenty two", "one two three"

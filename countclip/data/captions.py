@@ -144,21 +144,20 @@ _SCHEMA = pa.schema([
 
 def _parse_chunk(strings: pa.Array) -> pa.RecordBatch:
     # (N,) bool: the few rows with any number word; the rest never leave Arrow.
-    has_number = pc.match_substring_regex(strings, NUMBER_WORD_RE2, ignore_case=True)
-    has_number = pc.fill_null(has_number, False)
-    values: dict[str, list] = {field.name: [] for field in _SCHEMA}
-    columns = list(values.values())
-    for caption in pc.filter(strings, has_number).to_pylist():
-        p = parse_caption(caption)
-        row = (p.count, p.noun, p.noun_phrase, p.spans[0][0], p.spans[0][1]) if p else (None,) * 5
-        for column, value in zip(columns, row):
-            column.append(value)
-    columns = [
-        pc.replace_with_mask(
-            pa.nulls(len(strings), field.type), has_number, pa.array(values[field.name], field.type)
-        )
-        for field in _SCHEMA
-    ]
+    has_number = pc.fill_null(pc.match_substring_regex(strings, NUMBER_WORD_RE2, ignore_case=True), False)
+    parsed = [parse_caption(caption) for caption in pc.filter(strings, has_number).to_pylist()]
+    found = [p for p in parsed if p]
+    # Output row i is row index[i] of the found counts; every other row points at a trailing null.
+    index = np.full(len(strings), len(found), dtype=np.int32)
+    candidates = np.flatnonzero(np.asarray(has_number))
+    index[candidates[[i for i, p in enumerate(parsed) if p]]] = np.arange(len(found), dtype=np.int32)
+    values = {
+        "count": [p.count for p in found], "noun": [p.noun for p in found],
+        "noun_phrase": [p.noun_phrase for p in found],
+        "span_start": [p.spans[0][0] for p in found], "span_end": [p.spans[0][1] for p in found],
+    }
+    index = pa.array(index)
+    columns = [pa.array(values[field.name] + [None], field.type).take(index) for field in _SCHEMA]
     return pa.RecordBatch.from_arrays(columns, schema=_SCHEMA)
 
 
