@@ -75,7 +75,8 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, draft_side: int | No
         if fmt == "JPEG" and draft_side:
             image.draft("RGB", (draft_side, draft_side))
         image.load()  # a full decode: truncated data raises here (LOAD_TRUNCATED_IMAGES is off)
-        return ImageOps.exif_transpose(image).convert("RGB")
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an upright image
+        return image if image.mode == "RGB" else image.convert("RGB")
     except Exception:  # decoders of untrusted bytes fail in many ways; all mean the same to us
         raise ImageError("corrupt_image", f"a corrupt {fmt} image") from None
 
@@ -183,7 +184,7 @@ class ImagePreprocess:
             with torch.random.fork_rng(devices=[]):  # RandomResizedCrop draws from torch's global RNG
                 torch.manual_seed(seed)
                 out = self._geometry(image)
-        return np.array(out.convert("RGB"))
+        return np.array(out if out.mode == "RGB" else out.convert("RGB"))
 
     def normalize(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 model input."""
