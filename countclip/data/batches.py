@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from countclip.data.ingest import IngestConfig, RankPlan, local_blocks, pool_chunks, ray_blocks, rebatch
+from countclip.data.ingest import IngestConfig, RankPlan, local_blocks, pool_chunks, ray_streams, rebatch
 from countclip.data.shards import read_manifest
 from countclip.images import ImagePreprocess
 from countclip.numbers import COUNTS, caption_variants, counterfactual_caption, parse_caption
@@ -96,20 +96,20 @@ class TrainingStream:
 
     def steps(self, start: int, stop: int) -> Iterator[StepRows]:
         """Rows of steps start..stop-1, decoded ahead of use."""
-        streams = [[self._rows(plan, share, start, stop) for plan in plans] for plans, share in self.pools]
+        plans = [(plan, share) for plans, share in self.pools for plan in plans]  # pool by pool, rank by rank
+        items = [plan.items(start * share, (stop - start) * share) for plan, share in plans]
+        shares = [share for _, share in plans]
+        if self.backend == "ray":
+            streams = ray_streams(items, shares, self.preprocess, self.cfg)
+        else:
+            streams = [rebatch(local_blocks(i, self.preprocess, self.cfg.threads), share) for i, share in zip(items, shares)]
         for _ in range(start, stop):
-            parts = [next(stream) for pool in streams for stream in pool]
+            parts = [next(stream) for stream in streams]
             counts = np.concatenate([p["count"] for p in parts]).astype(np.int64)
             yield StepRows(np.concatenate([p["image"] for p in parts]),
                            [str(c) for p in parts for c in p["caption"]],
                            np.zeros_like(counts) if self.plain else counts,
                            np.concatenate([p["row_id"] for p in parts]).astype(np.int64))
-
-    def _rows(self, plan: RankPlan, share: int, start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
-        items = plan.items(start * share, (stop - start) * share)
-        if self.backend == "ray":
-            return iter(ray_blocks(items, self.preprocess, self.cfg, share))
-        return rebatch(local_blocks(items, self.preprocess, self.cfg.threads), share)
 
 
 @dataclass

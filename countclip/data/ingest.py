@@ -183,7 +183,7 @@ def decode_windows(batch: dict[str, np.ndarray], preprocess: ImagePreprocess,
     """Ray Data stage: window items (a JSON ``window`` column) -> blocks of decoded, preprocessed rows.
 
     Out: image (N, H, W, 3) uint8 at the model's size, caption (str), count (the count the caption
-    states, 0 for non-counting rows), row_id (int64). An undecodable image is an error naming its
+    states, 0 for non-counting rows), row_id (int64), stream (the item's ``stream``, 0 if it has none). An undecodable image is an error naming its
     shard: every row was decoded when the dataset was built, so the files changed since.
     """
     for text in batch["window"]:
@@ -196,11 +196,13 @@ def decode_windows(batch: dict[str, np.ndarray], preprocess: ImagePreprocess,
         images = table.column("image").to_pylist()
         shards = [window["chunks"][c][0] for c in table.column("chunk").to_numpy()]
         epoch = window["seed"][2]
+        stream = int(window.get("stream", 0))
         for lo in range(0, table.num_rows, block_rows):
             pixels = [_pixels(images[i], preprocess, (window["seed"][0], epoch, int(ids[i])), shards[i], int(ids[i]))
                       for i in range(lo, min(lo + block_rows, table.num_rows))]
             yield {"image": np.stack(pixels), "caption": np.array(captions[lo : lo + block_rows], dtype=object),
-                   "count": counts[lo : lo + block_rows], "row_id": ids[lo : lo + block_rows]}
+                   "count": counts[lo : lo + block_rows], "row_id": ids[lo : lo + block_rows],
+                   "stream": np.full(len(pixels), stream, dtype=np.int32)}
 
 
 def _pixels(data: bytes | None, preprocess: ImagePreprocess, seed: tuple[int, int, int], shard: str,
@@ -216,20 +218,34 @@ def _pixels(data: bytes | None, preprocess: ImagePreprocess, seed: tuple[int, in
 
 
 def rebatch(blocks: Iterator[dict[str, np.ndarray]], size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Consecutive rows of ``blocks`` in batches of exactly ``size`` (the last may be shorter)."""
-    pending: list[dict[str, np.ndarray]] = []
+    """Consecutive rows of ``blocks`` in batches of exactly ``size`` (the last may be shorter). Each
+    batch copies only its own rows: a block larger than a batch is read through views, never re-copied."""
+    pending: deque[dict[str, np.ndarray]] = deque()
     held = 0
     for block in blocks:
         pending.append(block)
         held += len(block["row_id"])
         while held >= size:
-            merged = {k: np.concatenate([b[k] for b in pending]) for k in pending[0]}
-            yield {k: v[:size] for k, v in merged.items()}
-            rest = {k: v[size:] for k, v in merged.items()}
+            yield _take(pending, size)
             held -= size
-            pending = [rest] if held else []
     if held:
-        yield {k: np.concatenate([b[k] for b in pending]) for k in pending[0]}
+        yield _take(pending, held)
+
+
+def _take(pending: deque, n: int) -> dict[str, np.ndarray]:
+    """The first ``n`` rows of the ``pending`` blocks, which keep the rest."""
+    parts = []
+    while n:
+        head = pending[0]
+        rows = len(head["row_id"])
+        if rows <= n:
+            parts.append(pending.popleft())
+            n -= rows
+        else:
+            parts.append({k: v[:n] for k, v in head.items()})
+            pending[0] = {k: v[n:] for k, v in head.items()}
+            n = 0
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def local_blocks(items: list[dict], preprocess: ImagePreprocess, threads: int) -> Iterator[dict[str, np.ndarray]]:
@@ -253,14 +269,49 @@ def _decode_all(item: dict, preprocess: ImagePreprocess) -> list[dict[str, np.nd
     return list(decode_windows({"window": np.array([json.dumps(item)], dtype=object)}, preprocess))
 
 
-def ray_blocks(items: list[dict], preprocess: ImagePreprocess, cfg: IngestConfig,
-               batch_rows: int) -> Iterator[dict[str, np.ndarray]]:
-    """``decode_windows`` as Ray Data tasks on the cluster, output order preserved, with prefetch."""
+def ray_streams(streams: Sequence[list[dict]], shares: Sequence[int], preprocess: ImagePreprocess,
+                cfg: IngestConfig) -> list[Iterator[dict[str, np.ndarray]]]:
+    """``decode_windows`` as Ray Data tasks on the cluster for several streams of one rank (its pools):
+    one iterator of ``share``-row batches per stream.
+
+    All the streams' windows go through ONE Ray Data execution, ordered by the step that first needs
+    them (output order preserved, prefetched), and are handed back to their stream by the ``stream``
+    column. One execution per pool would cost twice: Ray Data's autoscaling coordinator splits the CPUs
+    evenly between the executions a process runs (so the pool that fills 60 % of each batch got half of
+    the decode tasks), and every execution's scheduling loop takes CPU of the consuming process. The
+    consumer holds at most about one window of the other streams' rows while it waits for a stream's.
+    """
     import ray.data  # Ray only where a stream runs on a cluster (the experiment never imports it)
 
-    ds = ray.data.from_items([{"window": json.dumps(item)} for item in items], override_num_blocks=len(items))
+    order = []  # (first step that needs it, stream, index): the order the steps consume the windows in
+    for j, (items, share) in enumerate(zip(streams, shares)):
+        before = 0
+        for k, item in enumerate(items):
+            order.append((before // share, j, k))
+            before += item["take"]
+    merged = [streams[j][k] | {"stream": j} for _, j, k in sorted(order)]
+    ds = ray.data.from_items([{"window": json.dumps(item)} for item in merged], override_num_blocks=len(merged))
     ds = ds.map_batches(decode_windows, fn_kwargs={"preprocess": preprocess}, batch_size=1, batch_format="numpy",
                         num_cpus=cfg.decode_cpus)
     ds.context.execution_options.preserve_order = True  # the plan's order is the batches' order
     ds.context.enable_progress_bars = False
-    yield from ds.iter_batches(batch_size=batch_rows, batch_format="numpy", prefetch_batches=cfg.prefetch_batches)
+    blocks = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=cfg.prefetch_batches)
+    demux = _Demux(iter(blocks), len(streams))
+    return [rebatch(demux.blocks(j), share) for j, share in enumerate(shares)]
+
+
+class _Demux:
+    """Blocks of several streams, in one order, handed to each stream in its own order."""
+
+    def __init__(self, blocks: Iterator[dict[str, np.ndarray]], streams: int):
+        self._blocks, self._waiting = blocks, [deque() for _ in range(streams)]
+
+    def blocks(self, stream: int) -> Iterator[dict[str, np.ndarray]]:
+        waiting = self._waiting[stream]
+        while True:
+            while not waiting:
+                block = next(self._blocks, None)
+                if block is None:
+                    return
+                self._waiting[int(block["stream"][0])].append(block)
+            yield waiting.popleft()

@@ -14,7 +14,7 @@ from countclip.data.ingest import (
     decode_windows,
     local_blocks,
     pool_chunks,
-    ray_blocks,
+    ray_streams,
     read_window,
     rebatch,
 )
@@ -102,14 +102,21 @@ def test_rebatch_cuts_exact_batches_across_blocks():
 
 
 def test_ray_tasks_give_the_rows_the_local_threads_give(dataset, tiny_model, ray_local):
-    chunks = pool_chunks(dataset, read_manifest(dataset), ["non_counting"], min_chunks=2)
-    items = RankPlan(chunks, 1, seed=3, rank=1, world_size=2, window_chunks=2).items(37, 300)
-    local = list(rebatch(local_blocks(items, tiny_model[1], threads=2), 30))
-    remote = list(ray_blocks(items, tiny_model[1], IngestConfig(decode_cpus=0.5), 30))
-    assert len(local) == len(remote) == 10
-    for a, b in zip(local, remote):
-        assert np.array_equal(a["row_id"], b["row_id"]) and np.array_equal(a["image"], b["image"])
-        assert a["caption"].tolist() == b["caption"].tolist()
+    """Both pools of a rank through one Ray Data execution, each stream handed its own rows in order."""
+    manifest = read_manifest(dataset)
+    plans = [RankPlan(pool_chunks(dataset, manifest, [kind], min_chunks=2), pool, seed=3, rank=1, world_size=2,
+                      window_chunks=2) for pool, kind in enumerate(["counting", "non_counting"])]
+    shares = [12, 30]
+    items = [plan.items(37, 10 * share) for plan, share in zip(plans, shares)]
+    assert all(len(i) > 1 for i in items)  # several windows per stream: the merged order interleaves them
+    remote = ray_streams(items, shares, tiny_model[1], IngestConfig(decode_cpus=0.5))
+    for stream_items, share, stream in zip(items, shares, remote):
+        local = list(rebatch(local_blocks(stream_items, tiny_model[1], threads=2), share))
+        got = list(stream)
+        assert len(local) == len(got) == 10
+        for a, b in zip(local, got):
+            assert np.array_equal(a["row_id"], b["row_id"]) and np.array_equal(a["image"], b["image"])
+            assert a["caption"].tolist() == b["caption"].tolist()
 
 
 @pytest.mark.parametrize("field, value", [("window_chunks", 0), ("prefetch_batches", 0), ("decode_cpus", 0),
