@@ -25,9 +25,8 @@ An occurrence is *not* a count when its context says it is something else:
   whose phrase reaches no plural noun; "a nine different poses" still counts);
 - a bare number (nothing follows but punctuation) after "at", "is", "until", ... (times, ages:
   "meet at ten.", "she is two") or after a comma (apposition: "Hattie, eight,"; not after a plural).
-Coins are things: "ten quarters", "two pennies" count; "ten dollars" is an amount, and "three
-pounds" is weight or money, never a count. "one of the two boys" counts two (both are pictured).
-Numbering words take no full stop ("A sunny day. Two dogs" counts); abbreviations may ("No. 2").
+Coins are things: "ten quarters", "two pennies" count. "one of the two boys" counts two (both
+are pictured). Numbering words take no full stop ("A sunny day. Two dogs"); abbreviations may ("No. 2").
 Past that context, `countclip.caption_cues` reads what is counted and where it stands (its doc has
 the list): compound modifiers ("two tone sweater"), nouns naming nothing visible ("five reasons"),
 titles and names ("The Three Musketeers", "Division Two"), capacities ("dinner for two"), people
@@ -44,10 +43,9 @@ same count repeated ("three dogs ... the three dogs") is one count; every occurr
 every one is rewritten in the variants, so no variant contradicts itself.
 
 Input: a str, or None. None, "" and whitespace give None; anything else (bytes, numbers, NaN,
-pandas NA) raises TypeError. `countclip.data.captions.parse_captions`, the vectorised form for the
-data pipeline, is lenient instead: None, NaN and pandas NA become null rows, and bytes that are not valid UTF-8
-become null rows too (a corrupt caption is no caption), never an exception. Spans are str
-(code point) offsets.
+pandas NA) raises TypeError. `countclip.data.captions.parse_captions`, the vectorised form, is
+lenient: None, NaN, pandas NA and bytes that are not UTF-8 become null rows, never an exception.
+Spans are str (code point) offsets.
 """
 
 from __future__ import annotations
@@ -158,10 +156,9 @@ _PHRASE_STOP = _NUMBERISH | _words(
     "where as than then them they their it its we us our you your he she his her i me my "
     "including featuring containing showing holding wearing having using"
 )
-# Every word some rule of `_excluded_by_before` reads as the word before a number word (with
-# digits and, for bare numbers, any word): any other word there excludes nothing.
-_BEFORE_CUE_WORDS = (_NUMBERISH | _CONNECTORS | _NUMBERING_PREV | _NUMBERING_ABBREV | _APPROX_PREV | _NOT_COUNT_PREV
-                     | _ARTICLES)
+# The words `_excluded_by_before` reads before a number word (besides digits, and any for bare ones)
+_BEFORE_CUE_WORDS = (_NUMBERISH | _CONNECTORS | _NUMBERING_PREV | _NUMBERING_ABBREV | _APPROX_PREV
+                     | _NOT_COUNT_PREV | _ARTICLES)
 _JOINER = "and"  # kept between modifiers: "black and white photos"
 _IRREGULAR_PLURALS = _words(
     "men women children people feet teeth geese mice dice sheep fish deer moose oxen cattle police moai"
@@ -240,10 +237,7 @@ def counterfactual_caption(caption: str, count: int, rng) -> str:
     """
     spans = _spans_stating(caption, count)
     others = [c for c in COUNTS if c != count]
-    if hasattr(rng, "integers"):  # numpy.random.Generator
-        pick = int(rng.integers(len(others)))
-    else:
-        pick = rng.randrange(len(others))
+    pick = int(rng.integers(len(others))) if hasattr(rng, "integers") else rng.randrange(len(others))
     return _rewrite(caption, spans, others[pick])
 
 
@@ -352,13 +346,11 @@ def _excluded_by_after(after: tuple[tuple[str, str], ...], right: str) -> bool:
 
 @functools.lru_cache(maxsize=256)
 def _noun_phrase(right: str) -> tuple[str, ...]:
-    """The words after a number word that name what it counts, at most four, lower-cased. Cached:
-    `_is_counted` reads it for every occurrence, `parse_caption` again for the first counted one.
-
-    Reads up to six words (to a stop word or punctuation) and ends at the first plural-looking
-    one, keeping its last four ("paper pulp lump sculptures"); "and" between modifiers is kept
-    ("black and white photos"). Without a plural, it ends before an -ing word ("bottle package").
-    """
+    """The words after a number word that name what it counts, at most four, lower-cased (cached:
+    `_is_counted` reads it for every occurrence, `parse_caption` again for the first counted one).
+    Reads up to six words (to a stop word or punctuation), ends at the first plural-looking one and
+    keeps its last four ("paper pulp lump sculptures"); "and" between modifiers stays ("black and
+    white photos"). Without a plural, it ends before an -ing word ("bottle package")."""
     note = _DIGIT_NOTE_RE.match(right)
     right = right[note.end():] if note else right
     tokens = _tokens(right)
@@ -383,8 +375,7 @@ def _noun_phrase(right: str) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=256)
 def _tokens(text: str) -> tuple[tuple[str, str], ...]:
-    """The first ten (separator, lower-cased word) pairs of text. Cached: a number word's right
-    context is read by `_is_counted` and again by `_noun_phrase`."""
+    """The first ten (separator, lower-cased word) pairs of text (cached: read twice, see above)."""
     if text.isascii():  # lower-casing ASCII changes no word boundary: one call for the window
         return tuple(_NEXT_TOKEN_RE.findall(text.lower())[:10])
     return tuple((sep, word.lower()) for sep, word in _NEXT_TOKEN_RE.findall(text)[:10])
