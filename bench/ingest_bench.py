@@ -9,8 +9,11 @@ For each size it builds (or reuses) CountWorld shards in the layout the build wr
   step only consumes the batch: ``TrainingStream`` (Ray Data decode tasks: decode and the model's
   preprocess) as the train job runs it. peak_rss_mib is the training worker's (with its anonymous and
   shared-memory parts at the end: the object store's pages count once the worker reads them),
-  first_step_s from the trainer's start to the first batch in hand, samples_per_s from step 10 on,
-  worker_cpu_cores the training process's own CPU use over those steps (Ray Data's iterator and
+  first_step_s from the trainer's start to the first batch in hand, samples_per_s over the second half
+  of the steps (the decode tasks run ahead during the first step, which takes seconds: the batches they
+  buffered meanwhile come out at once, so a rate from the first steps measures the buffer, not the
+  stream; samples_per_s_from_step_10 keeps that figure), worker_cpu_cores the training process's own
+  CPU use over the second half (Ray Data's iterator and
   executor threads: what the consumer takes from the cores the decode tasks run on);
   with --with-builder the step also runs ``BatchBuilder`` (normalise, tokenise, draw counterfactuals:
   the work a training step does on its own CPU, on the GPU's host);
@@ -74,13 +77,14 @@ def stream_worker(config: dict) -> None:
         now = time.time()
         first = first or now
         times.append(now)
-        if step == 10:
-            cpu_at_10 = _cpu_seconds()
-    warm = times[10:]
-    worker_cores = (_cpu_seconds() - cpu_at_10) / (warm[-1] - warm[0])
+        if step == cfg.steps // 2:
+            cpu_at_half = _cpu_seconds()
+    warm = times[cfg.steps // 2:]
+    worker_cores = (_cpu_seconds() - cpu_at_half) / (warm[-1] - warm[0])
     # Train V2 keeps only metrics reported with a checkpoint: the figures go to a file instead.
     Path(config["out"]).write_text(json.dumps({
         "first_step_s": first - config["start"], "samples_per_s": (len(warm) - 1) * cfg.batch_size / (warm[-1] - warm[0]),
+        "samples_per_s_from_step_10": (len(times) - 11) * cfg.batch_size / (times[-1] - times[10]),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **_rss_parts(),
         "mean_pixel": float(np.mean(pixels)), "worker_cpu_cores": worker_cores,
         "node": ray.get_runtime_context().get_node_id()}))
@@ -177,7 +181,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[4000, 16000])
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--steps", type=int, default=400,
+                        help="steps per run; the rate is taken over the second half (at least 40)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--decode-cpus", type=float, default=0.9,
                         help="CPUs each decode task reserves (0.9: two tasks beside the consuming worker on 2 CPUs)")
@@ -185,6 +190,8 @@ def main() -> None:
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "countclip-ingest-bench"))
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if args.steps < 40:
+        parser.error("--steps must be at least 40: the rate is taken over the second half")
 
     import ray
 
