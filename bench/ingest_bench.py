@@ -13,8 +13,8 @@ For each size it builds (or reuses) CountWorld shards in the layout the build wr
   of the steps (the decode tasks run ahead during the first step, which takes seconds: the batches they
   buffered meanwhile come out at once, so a rate from the first steps measures the buffer, not the
   stream; samples_per_s_from_step_10 keeps that figure), worker_cpu_cores the training process's own
-  CPU use over the second half (Ray Data's iterator and
-  executor threads: what the consumer takes from the cores the decode tasks run on);
+  CPU use over the second half (Ray Data's iterator and executor threads: what the consumer takes from
+  the cores the decode tasks run on);
   with --with-builder the step also runs ``BatchBuilder`` (normalise, tokenise, draw counterfactuals:
   the work a training step does on its own CPU, on the GPU's host);
 - the old path (a faithful copy of the removed ``load_training_set``: every row decoded in one thread
@@ -67,7 +67,7 @@ def stream_worker(config: dict) -> None:
                                   "resize_mode": "shortest", "fill_color": 0})
     stream = TrainingStream.for_training(config["dataset"], cfg, preprocess, backend="ray")
     builder = BatchBuilder(open_clip.get_tokenizer("ViT-B-32"), preprocess, cfg.loss.counterfactuals, cfg.seed)
-    first = None
+    first, half = None, cfg.steps // 2
     times, pixels = [], []
     for step, rows in enumerate(stream.steps(0, cfg.steps)):
         assert rows.images.shape[0] == cfg.batch_size
@@ -77,9 +77,9 @@ def stream_worker(config: dict) -> None:
         now = time.time()
         first = first or now
         times.append(now)
-        if step == cfg.steps // 2:
+        if step == half:
             cpu_at_half = _cpu_seconds()
-    warm = times[cfg.steps // 2:]
+    warm = times[half:]
     worker_cores = (_cpu_seconds() - cpu_at_half) / (warm[-1] - warm[0])
     # Train V2 keeps only metrics reported with a checkpoint: the figures go to a file instead.
     Path(config["out"]).write_text(json.dumps({

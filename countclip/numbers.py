@@ -156,7 +156,7 @@ _PHRASE_STOP = _NUMBERISH | _words(
     "where as than then them they their it its we us our you your he she his her i me my "
     "including featuring containing showing holding wearing having using"
 )
-# The words `_excluded_by_before` reads before a number word (besides digits, and any for bare ones)
+# Words some `_excluded_by_before` rule reads before a number word; other words (not digits) pass it
 _BEFORE_CUE_WORDS = (_NUMBERISH | _CONNECTORS | _NUMBERING_PREV | _NUMBERING_ABBREV | _APPROX_PREV
                      | _NOT_COUNT_PREV | _ARTICLES)
 _JOINER = "and"  # kept between modifiers: "black and white photos"
@@ -375,7 +375,7 @@ def _noun_phrase(right: str) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=256)
 def _tokens(text: str) -> tuple[tuple[str, str], ...]:
-    """The first ten (separator, lower-cased word) pairs of text (cached: read twice, see above)."""
+    """The first ten (separator, lower-cased word) pairs (cached: `_is_counted`, then `_noun_phrase`)."""
     if text.isascii():  # lower-casing ASCII changes no word boundary: one call for the window
         return tuple(_NEXT_TOKEN_RE.findall(text.lower())[:10])
     return tuple((sep, word.lower()) for sep, word in _NEXT_TOKEN_RE.findall(text)[:10])
