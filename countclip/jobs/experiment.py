@@ -1,11 +1,16 @@
 """The counting experiment: what L_count buys over the same fine-tuning without it.
 
-1. pretrain a small CLIP on CountWorld with L_clip and captions that never state a count (the stand-in
-   for a pretrained CLIP, which saw few counts);
+1. the base, the stand-in for a pretrained CLIP (which saw few counts): the shipped CountWorld base
+   (``base: countworld``), a checkpoint, or with ``base: scratch`` a small CLIP pretrained here with
+   L_clip on captions that never state a count;
 2. fine-tune two copies from it on the same data, steps and seed: the control with L_clip alone, and
    CountCLIP with L_clip + lambda * L_count, batches mixed like the paper's (counting rows a minority);
 3. evaluate base, control and CountCLIP on a held-out CountBench-format benchmark and on zero-shot
    shape classification, and write report.json, confusion matrices and the checkpoints.
+
+The fine-tunes are independent and run at once, each in a worker process (``workers``; a small
+model's step gains little from a second torch thread, two fine-tunes side by side nearly twice the
+throughput); each evaluates its own model there.
 
 Options, off by default: ``lora`` adds a CountCLIP row fine-tuned through LoRA adapters from the same
 base (and ``lora_control`` its own L_clip-only control); ``wise_ft_alphas`` evaluates WiSE-FT
@@ -32,6 +37,7 @@ from countclip.evaluate import evaluate_countbench, save_confusion_png
 from countclip.images import ImagePreprocess
 from countclip.lora import LoraConfig, trainable_parameters
 from countclip.model import ModelConfig, check_for_training, create_model, export_checkpoint
+from countclip.parallel import in_worker, run_parallel
 from countclip.progress import Progress
 from countclip.train import LossConfig, OptimConfig, TrainConfig, train
 from countclip.wiseft import check_alpha, wise_ft_curve, write_curve
@@ -133,6 +139,11 @@ class ExperimentConfig(ConfigBase):
     """Peak learning rate of the LoRA fine-tunes (adapters usually want a larger one); null: finetune.optim.lr."""
     lora_control: bool = False
     """With lora: also fine-tune a LoRA control (L_clip only), the LoRA row's own baseline."""
+    workers: int = 0
+    """Fine-tunes run at once, each in its own process with max(1, threads // workers) torch threads
+    (a small model's step barely speeds up with a second thread; two fine-tunes side by side nearly
+    double the throughput); 0: all of them at once on CPU, one at a time on CUDA; 1: one at a time
+    in this process."""
     wise_ft_alphas: list[float] = field(default_factory=list)
     """WiSE-FT: evaluate interpolations of base and CountCLIP at these alphas (e.g. [0, 0.25, 0.5, 0.75, 1])
     and write wise_ft.json/.md/.png; empty: skip."""
@@ -143,6 +154,8 @@ class ExperimentConfig(ConfigBase):
                 "scratch); leave it null")
         require(self.model.lora is None, "model.lora would train the base model's pretraining through adapters "
                 "on random weights; set lora (the experiment's LoRA row) instead")
+        require(self.workers >= 0, f"workers must be >= 0 (0: as many as fine-tunes on CPU), got {self.workers}")
+        require(self.threads >= 1, f"threads must be >= 1, got {self.threads}")
         require(self.lora_lr is None or self.lora_lr > 0, f"lora_lr must be positive, got {self.lora_lr}")
         require(self.lora is not None or not self.lora_control, "lora_control needs lora (the adapters) set")
         self.wise_ft_alphas = [check_alpha(a) for a in self.wise_ft_alphas]
@@ -190,7 +203,6 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
     torch.manual_seed(cfg.seed)
     device = cfg.device
     model, preprocess, tokenizer = create_model(cfg.model.replace(pretrained=None if scratch else cfg.base), device)
-    zs_inputs = preprocess.normalize(zs_images)
     if scratch:
         pretrain_data = str(out / "data" / "pretrain")
         write_clean_dataset(pretrain_data, cfg.seed * 7919 + 1, w.pretrain_images, w.image_size, 0.0,
@@ -200,43 +212,26 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
     base_path = out / "checkpoints" / "base.pt"
     export_checkpoint(model, base_path)
 
-    def evaluate(model, name: str) -> dict:
-        report = evaluate_countbench(model, tokenizer, preprocess, bench_file, device=device)
-        zs_tasks = zeroshot_by_task(model, tokenizer, zs_inputs, zs_labels, device)
-        zs = float(np.mean(list(zs_tasks.values())))
-        if name:
-            save_confusion_png(report.confusion, out / f"confusion_{name}.png",
-                               f"{name}: count accuracy {report.accuracy:.1%}")
-        return {"count_accuracy": report.accuracy, "zeroshot_accuracy": zs, "zeroshot_by_task": zs_tasks,
-                "per_count_accuracy": {str(k): v for k, v in report.per_count_accuracy.items()},
-                "macro_f1": report.macro_f1, "scored": report.scored, "missing": report.missing}
-
-    results: dict[str, dict] = {}
-    variants = list(VARIANTS) + ([NAIVE_VARIANT] if cfg.naive else [])
-    variants += [v for v in LORA_VARIANTS if cfg.lora_control or v == "countclip_lora"] if cfg.lora else []
-    for name in variants:
-        if name != "base":
-            lora = cfg.lora if name.endswith("_lora") else None
-            model, preprocess, tokenizer = create_model(cfg.model.replace(pretrained=str(base_path), lora=lora), device)
-            ft = cfg.finetune.replace(seed=cfg.seed)
-            if name.startswith("control"):
-                ft = ft.replace(loss=ft.loss.replace(count_lambda=0.0))
-            if lora is not None and cfg.lora_lr is not None:
-                ft = ft.replace(optim=ft.optim.replace(lr=cfg.lora_lr))
-            trainable, total = trainable_parameters(model)
-            data = naive_data if name == NAIVE_VARIANT else finetune_data
-            result = _train_stage(name, ft, model, tokenizer, preprocess, data, echo, device)
-            export_checkpoint(model, out / "checkpoints" / f"{name}.pt")
-        results[name] = evaluate(model, name)
-        if name != "base":
-            results[name] |= {"trainable_parameters": trainable, "parameters": total}
-        if name == "control":
-            results[name]["count_only_negatives_per_image"] = result.count_only_negatives
-        r = results[name]
-        by_task = ", ".join(f"{task} {acc:.1%}" for task, acc in r["zeroshot_by_task"].items())
-        echo(f"[eval] {name}: count accuracy {r['count_accuracy']:.1%}, zero-shot {r['zeroshot_accuracy']:.1%} ({by_task})")
-        if name == "countclip" and cfg.wise_ft_alphas:
-            results["wise_ft"] = _wise_ft(cfg, out, model, base_path, device, lambda m: evaluate(m, ""), echo)
+    evaluate = _Evaluation(cfg, out, bench_file, preprocess.normalize(zs_images), zs_labels)
+    results: dict[str, dict] = {"base": evaluate(model, tokenizer, preprocess, "base")}
+    _echo_eval("base", results["base"], echo)
+    names = [n for n in VARIANTS if n != "base"] + ([NAIVE_VARIANT] if cfg.naive else [])
+    names += [v for v in LORA_VARIANTS if cfg.lora_control or v == "countclip_lora"] if cfg.lora else []
+    data = {name: naive_data if name == NAIVE_VARIANT else finetune_data for name in names}
+    workers = cfg.workers or (len(names) if device == "cpu" else 1)
+    workers = min(workers, len(names))
+    threads = max(1, cfg.threads // workers)
+    if workers > 1:
+        echo(f"[experiment] {len(names)} fine-tunes, {workers} at once in worker processes "
+             f"({threads} torch thread{'s' * (threads > 1)} each)")
+    calls = [(cfg, name, str(base_path), data[name], evaluate, threads) for name in names]
+    for name, result in zip(names, run_parallel(_fine_tune, calls, workers, echo)):
+        results[name] = result
+        _echo_eval(name, result, echo)
+    if cfg.wise_ft_alphas:
+        finetuned, _, _ = create_model(cfg.model.replace(pretrained=str(out / "checkpoints" / "countclip.pt")), device)
+        results["wise_ft"] = _wise_ft(cfg, out, finetuned, base_path, device,
+                                      lambda m: evaluate(m, tokenizer, preprocess, ""), echo)
 
     report = {"seed": cfg.seed, "seconds": round(time.perf_counter() - t0, 1), **results,
               "gain_over_control": results["countclip"]["count_accuracy"] - results["control"]["count_accuracy"],
@@ -254,6 +249,52 @@ def run_experiment(cfg: ExperimentConfig, echo=print) -> dict:
     return report
 
 
+class _Evaluation:
+    """CountBench protocol and zero-shot by task on the experiment's held-out sets (picklable: the
+    fine-tunes evaluate their own model in their worker process)."""
+
+    def __init__(self, cfg: ExperimentConfig, out: Path, bench_file, zs_inputs, zs_labels):
+        self.out, self.bench_file, self.device = out, bench_file, cfg.device
+        self.zs_inputs, self.zs_labels = zs_inputs.numpy(), zs_labels  # numpy: pickled as plain bytes
+
+    def __call__(self, model, tokenizer, preprocess: ImagePreprocess, name: str) -> dict:
+        report = evaluate_countbench(model, tokenizer, preprocess, self.bench_file, device=self.device)
+        zs_tasks = zeroshot_by_task(model, tokenizer, torch.from_numpy(self.zs_inputs), self.zs_labels, self.device)
+        if name:
+            save_confusion_png(report.confusion, self.out / f"confusion_{name}.png",
+                               f"{name}: count accuracy {report.accuracy:.1%}")
+        return {"count_accuracy": report.accuracy, "zeroshot_accuracy": float(np.mean(list(zs_tasks.values()))),
+                "zeroshot_by_task": zs_tasks, "per_count_accuracy": {str(k): v for k, v in report.per_count_accuracy.items()},
+                "macro_f1": report.macro_f1, "scored": report.scored, "missing": report.missing}
+
+
+def _fine_tune(cfg: ExperimentConfig, name: str, base_path: str, data: str, evaluate: _Evaluation, threads: int,
+               echo=print) -> dict:
+    """Fine-tune one variant from the base, export its checkpoint and evaluate it (in this process or
+    in a worker process of `run_parallel`)."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)  # LoRA's initialisation, the same whichever process runs it
+    lora = cfg.lora if name.endswith("_lora") else None
+    model, preprocess, tokenizer = create_model(cfg.model.replace(pretrained=base_path, lora=lora), cfg.device)
+    ft = cfg.finetune.replace(seed=cfg.seed)
+    if name.startswith("control"):
+        ft = ft.replace(loss=ft.loss.replace(count_lambda=0.0))
+    if lora is not None and cfg.lora_lr is not None:
+        ft = ft.replace(optim=ft.optim.replace(lr=cfg.lora_lr))
+    trainable, total = trainable_parameters(model)
+    result = _train_stage(name, ft, model, tokenizer, preprocess, data, echo, cfg.device)
+    export_checkpoint(model, Path(cfg.out) / "checkpoints" / f"{name}.pt")
+    row = evaluate(model, tokenizer, preprocess, name) | {"trainable_parameters": trainable, "parameters": total}
+    if name == "control":
+        row["count_only_negatives_per_image"] = result.count_only_negatives
+    return row
+
+
+def _echo_eval(name: str, r: dict, echo) -> None:
+    by_task = ", ".join(f"{task} {acc:.1%}" for task, acc in r["zeroshot_by_task"].items())
+    echo(f"[eval] {name}: count accuracy {r['count_accuracy']:.1%}, zero-shot {r['zeroshot_accuracy']:.1%} ({by_task})")
+
+
 def _wise_ft(cfg: ExperimentConfig, out: Path, finetuned, base_path: Path, device, evaluate, echo) -> dict:
     """The WiSE-FT curve between base and CountCLIP on the experiment's own held-out sets."""
     model, _, _ = create_model(cfg.model.replace(pretrained=str(base_path)), device)
@@ -265,7 +306,7 @@ def _wise_ft(cfg: ExperimentConfig, out: Path, finetuned, base_path: Path, devic
 
 def _train_stage(name: str, cfg: TrainConfig, model, tokenizer, preprocess: ImagePreprocess, dataset: str, echo,
                  device="cpu"):
-    progress = Progress(f"[{name}]", cfg.steps, "steps", echo)
+    progress = Progress(f"[{name}]", cfg.steps, "steps", echo, interactive=False if in_worker() else None)
 
     def log(step: int, row: dict[str, float]) -> None:
         terms = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.endswith("_loss"))
