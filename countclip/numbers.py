@@ -291,14 +291,14 @@ def _is_counted(caption: str, start: int, end: int) -> bool:
 def _glued(caption: str, start: int, end: int) -> bool:
     """Hyphenated/dashed compounds (not "set-of-three"), "two's", and "(two)" notes (not "Terriers (three)")."""
     before = caption[start - 1] if start else ""
-    after, after2 = caption[end:end + 1], caption[end + 1:end + 2]
+    after = caption[end:end + 1]
+    if after in _DASHES or (after in _APOSTROPHES and caption[end + 1:end + 2].isalpha()):  # "" is in neither
+        return True
+    if before not in _DASHES and before != "(":
+        return False  # the common case: no rule reads the word before
     before_word = (caption[max(0, start - 24):start - 1].split() or [""])[-1].lower()
-    return (
-        (before in _DASHES and not before_word.endswith(("-of", " of")) and before_word != "of")
-        or after in _DASHES  # the empty string is in neither set
-        or (after in _APOSTROPHES and after2.isalpha())
-        or (before == "(" and after == ")" and not _looks_plural(before_word))
-    )
+    return ((before in _DASHES and not before_word.endswith(("-of", " of")) and before_word != "of")
+            or (before == "(" and after == ")" and not _looks_plural(before_word)))
 
 
 def _is_numberish(word: str) -> bool:

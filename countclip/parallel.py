@@ -4,8 +4,8 @@
 
 A small model's training step on a CPU barely speeds up with a second torch thread (countclip-tiny:
 3.4 steps/s on one thread, 3.6 on two, on this 2-core machine), while two trainings side by side
-on one thread each run at 3.1 and 3.3 steps/s: the experiment's fine-tunes are independent, so
-they run at once. `fn` is called as ``fn(*args, echo=...)`` in a spawned process (a fresh
+on one thread each run at 3.3 steps/s each: the experiment's fine-tunes are independent, so they
+run at once. `fn` is called as ``fn(*args, echo=...)`` in a spawned process (a fresh
 interpreter: no forked torch or Ray state); what it passes to echo reaches the caller's echo, in
 order per worker. Results come back in the order of `calls`. The first failure stops the others
 (their processes are terminated) and is raised in the caller; a worker that dies (killed, out of

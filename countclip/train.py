@@ -7,6 +7,7 @@ process group is up; ranks differ only in which slice of each global batch they 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from countclip import checkpoint
 from countclip.config import ConfigBase, ConfigError, require
@@ -63,9 +65,15 @@ class LossConfig(ConfigBase):
     contrastive: Contrastive = "clip"
     """The contrastive term: clip (softmax InfoNCE) or siglip (open_clip's SigLipLoss: sigmoid pairs with
     the model's logit bias, for SigLIP architectures). L_count is the same softmax term for both."""
+    preserve_lambda: float = 0.0
+    """Feature preservation (after LDIFS, Mukhoti et al. 2023): plus this lambda times the mean squared
+    distance between the L2-normalised image embeddings of each batch's plain (non-counting) rows and
+    those of the frozen model training started from, so that L_count adds count features without
+    moving the image features the model had (its zero-shot knowledge); 0: off. Unsharded models only."""
 
     def __post_init__(self) -> None:
         require(self.count_lambda >= 0, f"loss.count_lambda must be >= 0, got {self.count_lambda}")
+        require(self.preserve_lambda >= 0, f"loss.preserve_lambda must be >= 0, got {self.preserve_lambda}")
         require(1 <= self.counterfactuals <= 8, f"loss.counterfactuals must be in 1..8, got {self.counterfactuals}")
 
 
@@ -179,6 +187,7 @@ def train(
                           "this model has none: use loss.contrastive=clip")
     loss_fn = CountingContrastiveLoss(cfg.loss.count_lambda, weights, cfg.loss.contrastive).to(device)
     builder = BatchBuilder(tokenizer, data.preprocess, cfg.loss.counterfactuals, cfg.seed)
+    teacher = frozen_image_tower(model) if cfg.loss.preserve_lambda > 0 else None  # before a resume loads
 
     root = checkpoint_root or cfg.checkpoint_dir
     if resume_from is None and root:
@@ -202,6 +211,12 @@ def train(
         cf_features = all_text_features[len(batch.tokens):].view(*batch.cf_tokens.shape[:2], text_features.shape[-1])  # (K, M, D)
         terms = loss_fn(image_features, text_features, cf_features, batch.is_counting, batch.counts, logit_scale,
                         *logit_bias)
+        plain = ~batch.is_counting
+        if teacher is not None and bool(plain.any()):
+            with torch.no_grad():
+                start_features = F.normalize(teacher(batch.images[plain]).float(), dim=-1)
+            distance = (image_features[plain] - start_features).pow(2).sum(-1).mean()
+            terms["preserve_loss"] = cfg.loss.preserve_lambda * distance
         loss = sum(terms.values())
 
         optimizer.zero_grad(set_to_none=True)
@@ -242,6 +257,15 @@ def train(
                 on_checkpoint(folder, done, unpublished)
             unpublished = []
     return TrainResult(cfg.steps - start, history, float(np.mean(negatives)) if negatives else 0.0)
+
+
+def frozen_image_tower(model: nn.Module) -> nn.Module:
+    """A frozen copy of the model's image tower as it is now (loss.preserve_lambda's reference)."""
+    inner = unwrap(model)
+    if any(type(p).__name__ == "DTensor" for p in inner.parameters()):
+        raise ConfigError("loss.preserve_lambda needs an unsharded model (one process or DDP); this one is "
+                          "FSDP-sharded: set loss.preserve_lambda=0 or train with DDP")
+    return copy.deepcopy(inner.visual).eval().requires_grad_(False)
 
 
 def clamp_logit_scale(model: nn.Module) -> None:

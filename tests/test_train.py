@@ -111,3 +111,36 @@ def test_schedule_warms_up_then_decays():
     assert all(b <= a for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] == pytest.approx(0.1, abs=0.02)
 
 
+
+
+def test_preserve_lambda_keeps_plain_image_features_near_the_start(small_dataset):
+    """loss.preserve_lambda adds a logged term that pulls the plain rows' image embeddings back to the
+    frozen starting model's: with it they move less over the same steps than without."""
+    import torch.nn.functional as F
+
+    def drift(preserve: float) -> tuple[float, dict]:
+        model, preprocess, tokenizer = fresh_model()
+        images = torch.randn(24, 3, 64, 64)
+        with torch.no_grad():
+            before = F.normalize(model.visual(images), dim=-1)
+        cfg = config(steps=12, optim=OptimConfig(lr=3e-3, warmup_steps=1),
+                     loss=LossConfig(count_lambda=2.0, preserve_lambda=preserve))
+        result = train(cfg, model, tokenizer, stream(small_dataset, cfg, preprocess))
+        model.eval()
+        with torch.no_grad():
+            after = F.normalize(model.visual(images), dim=-1)
+        return float((after - before).pow(2).sum(-1).mean()), result.history[-1]
+
+    free, free_row = drift(0.0)
+    kept, kept_row = drift(50.0)
+    assert "preserve_loss" not in free_row and kept_row["preserve_loss"] >= 0
+    assert kept_row["loss"] == pytest.approx(kept_row["clip_loss"] + kept_row["count_loss"] + kept_row["preserve_loss"],
+                                             rel=1e-5)
+    assert kept < 0.5 * free, (kept, free)
+
+
+def test_preserve_lambda_must_not_be_negative():
+    from countclip.config import ConfigError
+
+    with pytest.raises(ConfigError, match="loss.preserve_lambda must be >= 0"):
+        LossConfig(preserve_lambda=-1.0)

@@ -125,6 +125,9 @@ def preflight(cfg: TrainJobConfig) -> dict:
     resolve_pretrained(cfg.model.arch, cfg.model.pretrained)
     check_for_training(cfg.model, cfg.train.loss.contrastive)
     _check_lora_strategy(cfg)
+    if cfg.train.loss.preserve_lambda > 0 and cfg.scaling.strategy == "fsdp":
+        raise ConfigError("train.loss.preserve_lambda keeps a frozen copy of the image tower, which an FSDP2-sharded "
+                          "model cannot make: use scaling.strategy=ddp (or none), or train.loss.preserve_lambda=0")
     if cfg.benchmark:
         load_countbench(cfg.benchmark)
     _check_writable(cfg.storage_path)

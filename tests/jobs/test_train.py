@@ -74,6 +74,9 @@ def test_preflight_refuses_losses_and_adapters_the_model_or_strategy_cannot_trai
     assert preflight(job(dataset, tmp_path, "model.lora.targets=[attn]", "scaling.strategy=ddp"))
     assert preflight(job(dataset, tmp_path, "model.lora.rank=4"))  # the default c_fc/c_proj under FSDP2
     assert preflight(job(dataset, tmp_path, "model.arch=countclip-tiny-sigmoid", "train.loss.contrastive=siglip"))
+    with pytest.raises(ConfigError, match="preserve_lambda keeps a frozen copy .* FSDP2-sharded"):
+        preflight(job(dataset, tmp_path, "train.loss.preserve_lambda=10"))
+    assert preflight(job(dataset, tmp_path, "train.loss.preserve_lambda=10", "scaling.strategy=ddp"))
 
 
 def single_process_losses(cfg: TrainJobConfig):
