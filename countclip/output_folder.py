@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,7 +72,7 @@ def countclip_files(folder: Path, kind: str) -> set[str]:
         info = _json_object(folder / OUTPUT_MARKER)
         if info.get("kind") != kind or not isinstance(info.get("files"), list):
             return set()
-        return {str(f) for f in info["files"]} | {OUTPUT_MARKER}
+        return {str(f) for f in info["files"]} | {OUTPUT_MARKER, _LOCK}
     signature, patterns = _UNMARKED.get(kind, (None, ()))
     if signature is None or not (folder / signature).is_file():
         return set()
@@ -114,7 +115,7 @@ def scratch_dir(beside: Path, label: str) -> Iterator[Path]:
     beside.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(beside)
     folder = Path(tempfile.mkdtemp(prefix=f".{beside.name}.{label}-", dir=beside.parent))
-    lock = os.open(folder / ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock = os.open(folder / _LOCK, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield folder
@@ -124,13 +125,21 @@ def scratch_dir(beside: Path, label: str) -> Iterator[Path]:
 
 
 _SCRATCH_LABELS = ("tmp", "staging")
+_LOCK = ".lock"  # in every scratch folder, flock-ed by its writer while it lives
+_LOCKLESS_GRACE_S = 60.0
 
 
 def _abandoned(folder: Path) -> bool:
-    """Whether a scratch folder's lock is free: its writer died (a folder without the lock is not
-    known to be countclip's, or is a writer in its first microseconds: it is left alone)."""
+    """Whether a scratch folder's lock is free: its writer died. A folder without the lock file is a
+    writer in its first microseconds (between creating the folder and its lock) or one killed there:
+    it is left alone for _LOCKLESS_GRACE_S after its last change, then counted as abandoned."""
     try:
-        fd = os.open(folder / ".lock", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(folder / _LOCK, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        try:
+            return time.time() - folder.stat().st_mtime > _LOCKLESS_GRACE_S
+        except OSError:
+            return False
     except OSError:
         return False
     try:
@@ -195,8 +204,7 @@ def atomic_dir(path: Path, kind: str = "output", overwrite: bool = False) -> Ite
     check_output_folder(path, kind, overwrite)
     with scratch_dir(path, "tmp") as tmp:
         yield tmp
-        files = sorted(_files_under(tmp) - {".lock"})
-        (tmp / ".lock").unlink()
+        files = sorted(_files_under(tmp) - {_LOCK})
         write_text(tmp / OUTPUT_MARKER, json.dumps({"kind": kind, "files": files}, indent=0))
         check_output_folder(path, kind, overwrite)  # again: the folder may have changed during the block
         foreign = foreign_files(path, kind)
@@ -204,10 +212,15 @@ def atomic_dir(path: Path, kind: str = "output", overwrite: bool = False) -> Ite
         if clashes:
             raise OutputFolderError(f"output {path} holds {', '.join(clashes[:3])}, which countclip did not write "
                                     f"and would replace; move them away first; nothing was written")
+        # The lock file leaves only once the folder is in place: a kill before that leaves a scratch
+        # folder whose lock is free (removed by the next write), after it at most a stray lock file
+        # in the output, which the marker rule counts as countclip's.
         if not path.exists():
             os.replace(tmp, path)
+            (path / _LOCK).unlink(missing_ok=True)
             return
         old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:12]}")
         os.replace(path, old)  # a kill between these two renames is undone by the next remove_leftovers
         os.replace(tmp, path)
+        (path / _LOCK).unlink(missing_ok=True)
         _finish_swap(path, old, kind)

@@ -1,5 +1,9 @@
 """countclip.output_folder: folders swapped in whole, other files never deleted, killed writes cleaned up."""
 
+import os
+import time
+from pathlib import Path
+
 import pytest
 
 from countclip import output_folder
@@ -82,3 +86,36 @@ def test_leftovers_of_killed_writes_are_removed_and_an_interrupted_swap_is_undon
     out.rename(old)  # killed between the two renames of a swap: the dataset is only in old
     assert output_folder.remove_leftovers(out) == [f"restored {out} from an interrupted swap"]
     assert (out / "manifest.json").read_text() == "complete" and not old.exists()
+
+
+def test_the_scratch_lock_stays_until_the_folder_is_in_place(tmp_path, monkeypatch):
+    """A kill at any moment before the swap must leave a scratch folder whose lock file is there (and
+    free once the writer died), so the next write removes it: the lock leaves only after the rename."""
+    out = tmp_path / "out"
+    renames = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        renames.append((Path(src).name, (Path(src) / ".lock").exists()))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(output_folder.os, "replace", replace)
+    for _ in range(2):  # a first write (rename into place), then a swap over it
+        with output_folder.atomic_dir(out, "dataset") as tmp:
+            (tmp / "manifest.json").write_text("complete")
+    moved_in = [locked for name, locked in renames if name.startswith(".out.tmp-")]
+    assert moved_in == [True, True], renames
+    assert not (out / ".lock").exists() and (out / "manifest.json").read_text() == "complete"
+    (out / ".lock").write_text("")  # a kill between the rename and the unlink: a stray lock file
+    output_folder.check_output_folder(out, "dataset")  # countclip's, not the user's
+
+
+def test_a_lockless_scratch_folder_is_kept_while_young_and_removed_once_stale(tmp_path):
+    out = tmp_path / "out"
+    young = tmp_path / ".out.tmp-young"  # a writer between creating its folder and its lock
+    young.mkdir()
+    assert output_folder.remove_leftovers(out) == [] and young.is_dir()
+    stale = time.time() - 2 * output_folder._LOCKLESS_GRACE_S  # or one killed right there, long ago
+    os.utime(young, (stale, stale))
+    assert output_folder.remove_leftovers(out) == ["removed .out.tmp-young, left by a killed run"]
+    assert not young.exists()
