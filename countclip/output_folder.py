@@ -26,6 +26,8 @@ from countclip.storage import read_local_file, write_text
 
 OUTPUT_MARKER = ".countclip-output.json"
 """Written into every folder ``atomic_dir`` swaps in: its kind and every file countclip wrote there."""
+_LOCK = ".lock"  # in every scratch folder, flock-ed by its writer while it lives
+_LOCKLESS_GRACE_S = 60.0
 # What each kind of folder held before the marker existed (countclip 0.1 folders still replace cleanly):
 # the file that identifies it, and the patterns of the files countclip wrote there.
 _UNMARKED = {
@@ -125,8 +127,6 @@ def scratch_dir(beside: Path, label: str) -> Iterator[Path]:
 
 
 _SCRATCH_LABELS = ("tmp", "staging")
-_LOCK = ".lock"  # in every scratch folder, flock-ed by its writer while it lives
-_LOCKLESS_GRACE_S = 60.0
 
 
 def _abandoned(folder: Path) -> bool:
