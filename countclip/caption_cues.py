@@ -121,14 +121,16 @@ def _shot_before(caption: str, start: int) -> bool:
 def _measure_of_one(after: Tokens, phrase: Sequence[str], looks_plural: Callable[[str], bool]) -> bool:
     """"Burton Seven 154cm Snowboard", "Seven v8": a measure or a version, and no plural after it
     ("two 5mm beads" counts beads)."""
-    return (bool(after) and after[0][0].isspace() and bool(_MEASURE_RE.fullmatch(after[0][1]))
+    first = after[0][1][:1] if after else ""  # every _MEASURE_RE match starts with a digit or "v"
+    return ((first.isdigit() or first == "v") and after[0][0].isspace() and bool(_MEASURE_RE.fullmatch(after[0][1]))
             and not any(looks_plural(w) for w in phrase))
 
 
 def _not_a_thing_after(after: Tokens) -> bool:
     """"four consecutive Super Bowls", "two of a kind"."""
-    words = [w for _, w in after]
-    return bool(words) and after[0][0].isspace() and (words[0] in _STREAK or words == ["of", "a", "kind"])
+    if not after or not after[0][0].isspace():
+        return False
+    return after[0][1] in _STREAK or (after[0][1] == "of" and [w for _, w in after] == ["of", "a", "kind"])
 
 
 def _a_work_by(caption: str, end: int) -> bool:

@@ -192,8 +192,10 @@ def parse_caption(caption: str | None) -> CaptionCount | None:
         start, end = match.span()
         if _is_counted(text, start, end):
             spans.append((start, end))
+    if not spans:
+        return None
     counts = {NUMBER_WORDS[text[s:e].lower()] for s, e in spans}
-    if len(counts) != 1:  # no count, or several different ones: ambiguous for a counting pair
+    if len(counts) != 1:  # several different counts: ambiguous for a counting pair
         return None
     phrase = _noun_phrase(text[spans[0][1]:spans[0][1] + _WINDOW])
     return CaptionCount(counts.pop(), tuple(spans), " ".join(phrase), phrase[-1] if phrase else "")
@@ -271,18 +273,18 @@ def _is_counted(caption: str, start: int, end: int) -> bool:
     left = caption[max(0, start - _WINDOW):start]
     last = _LAST_WORDS_REVERSED_RE.match(left[::-1])
     previous = ""  # the word right before, as written, when one space separates them ("The", "for")
-    if last:  # [word before, the one before that], and what separates the first from the number
+    if last:  # the word before, the one before that, and what separates the first from the number
         before_sep, word1, word2 = last.groups("")
-        words = [word1[::-1].lower(), word2[::-1].lower()]
-        before_sep = before_sep[::-1]
-        previous = word1[::-1] if before_sep == " " else ""
+        word1, before_sep = word1[::-1], before_sep[::-1]
+        w1, w2 = word1.lower(), word2[::-1].lower()
+        previous = word1 if before_sep == " " else ""
     else:
-        words, before_sep = [], left
+        w1, w2, before_sep = "", "", left
     right = caption[end:end + _WINDOW]
     after = _tokens(right)[:3]
     bare = not after or bool(after[0][0].strip())  # only punctuation, or nothing, follows
     return not (
-        _excluded_by_before(words, before_sep, bare, right)
+        _excluded_by_before(w1, w2, before_sep, bare, right)
         or _excluded_by_after(after, right)
         or not_a_visible_count(caption, start, end, previous, after, _noun_phrase(right), _looks_plural)
     )
@@ -305,8 +307,7 @@ def _is_numberish(word: str) -> bool:
     return word in _NUMBERISH or word.isdigit()
 
 
-def _excluded_by_before(words: list[str], sep: str, bare: bool, right: str) -> bool:
-    w1, w2 = (words + ["", ""])[:2]
+def _excluded_by_before(w1: str, w2: str, sep: str, bare: bool, right: str) -> bool:
     if w1 not in _BEFORE_CUE_WORDS and not w1.isdigit() and not bare:
         return False  # the common case: no rule below reads an ordinary word before the number
     plain = sep.isspace()
@@ -330,9 +331,9 @@ def _excluded_by_after(after: tuple[tuple[str, str], ...], right: str) -> bool:
         return True  # o'clock, pm, percent, "two and a half", "two point five"
     if not after:
         return False
-    (sep1, w1), (sep2, w2) = (list(after) + [("", ""), ("", "")])[:2]
-    w1 = w1.split("-")[0]  # "hundred-year-old" -> "hundred"
-    w2 = w2.split("-")[0]
+    sep1, w1 = after[0]
+    sep2, w2 = after[1] if len(after) > 1 else ("", "")
+    w1, w2 = w1.partition("-")[0], w2.partition("-")[0]  # "hundred-year-old" -> "hundred"
     if not sep1.isspace():  # punctuation: excluded only as a range, "two - 3", "two/three"
         return bool(_RANGE_SEP_RE.fullmatch(sep1)) and _is_numberish(w1)
     return (
@@ -357,16 +358,14 @@ def _noun_phrase(right: str) -> tuple[str, ...]:
     if len(tokens) > 2 and tokens[0][1] == "of" and tokens[1][1] in _PARTITIVE:
         tokens = tokens[2:]  # "seven of the American League players"
     words: list[str] = []
-    for sep, word in tokens:
-        joins = word == _JOINER and words and not _has_plural(words)
-        if sep.strip() or (word in _PHRASE_STOP and not joins) or word.isdigit() or len(words) == 6:
+    for sep, word in tokens:  # "and" joins only modifiers: no plural is read before it (that returns)
+        if sep.strip() or word.isdigit() or len(words) == 6 or (word in _PHRASE_STOP and (word != _JOINER or not words)):
             break
         words.append(word)
+        if _looks_plural(word):
+            return tuple(_last_four(words))  # "cute little girls" (having fun)
     while words and words[-1] == _JOINER:
         words.pop()
-    for i, word in enumerate(words):
-        if _looks_plural(word):
-            return tuple(_last_four(words[:i + 1]))  # "cute little girls" (having fun)
     for i, word in enumerate(words):
         if i and len(word) > 4 and word.endswith("ing"):
             return tuple(_last_four(words[:i]))  # "bottle package" (including ...)
@@ -382,6 +381,8 @@ def _tokens(text: str) -> tuple[tuple[str, str], ...]:
 
 
 def _last_four(words: list[str]) -> list[str]:
+    if len(words) <= 4:
+        return words
     content = [i for i, w in enumerate(words) if w != _JOINER]
     return words[content[-4]:] if len(content) > 4 else words
 
@@ -390,6 +391,7 @@ def _has_plural(words: list[str]) -> bool:
     return any(_looks_plural(w) for w in words)
 
 
+@functools.lru_cache(maxsize=8192)
 def _looks_plural(word: str) -> bool:
     if word in _IRREGULAR_PLURALS:
         return True

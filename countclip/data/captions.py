@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from countclip.config import ConfigBase, require
-from countclip.numbers import NUMBER_WORD_RE2, parse_caption
+from countclip.numbers import NUMBER_WORD_RE2, CaptionCount, parse_caption
 
 # Columns every later stage can rely on, besides the source's own.
 STAGE_COLUMNS = {
@@ -142,15 +142,20 @@ _SCHEMA = pa.schema([
 ])
 
 
-def _parse_chunk(strings: pa.Array) -> pa.RecordBatch:
-    # (N,) bool: the few rows with any number word; the rest never leave Arrow.
+def counted_rows(strings: pa.Array) -> tuple[np.ndarray, list[CaptionCount]]:
+    """(the indices of the rows of ``strings`` that state a count, ascending; their parses): the RE2
+    kernel finds the few rows holding any number word, only those reach `parse_caption`."""
     has_number = pc.fill_null(pc.match_substring_regex(strings, NUMBER_WORD_RE2, ignore_case=True), False)
     parsed = [parse_caption(caption) for caption in pc.filter(strings, has_number).to_pylist()]
-    found = [p for p in parsed if p]
+    candidates = np.flatnonzero(np.asarray(has_number))
+    return candidates[[i for i, p in enumerate(parsed) if p]], [p for p in parsed if p]
+
+
+def _parse_chunk(strings: pa.Array) -> pa.RecordBatch:
+    rows, found = counted_rows(strings)
     # Output row i is row index[i] of the found counts; every other row points at a trailing null.
     index = np.full(len(strings), len(found), dtype=np.int32)
-    candidates = np.flatnonzero(np.asarray(has_number))
-    index[candidates[[i for i, p in enumerate(parsed) if p]]] = np.arange(len(found), dtype=np.int32)
+    index[rows] = np.arange(len(found), dtype=np.int32)
     values = {
         "count": [p.count for p in found], "noun": [p.noun for p in found],
         "noun_phrase": [p.noun_phrase for p in found],
@@ -211,10 +216,15 @@ class CaptionFilter:
         # A row whose caption or URL is not UTF-8 is counted and dropped, never the batch's end.
         text, bad_text = decoded_text(batch.column(self.cfg.text_column))
         url, bad_url = decoded_text(batch.column(self.cfg.url_column))
-        ids = self._all_ids(batch, url)
-        parsed = parse_captions(text)
-        count = pc.fill_null(pc.cast(parsed.column("count"), pa.int16()), 0)
-        counting = np.asarray(pc.greater_equal(count, 2))
+        id_column = self._id_column(batch)
+
+        def ids(where: np.ndarray) -> pa.Array:  # the stable ids of these rows
+            return pc.binary_join_element_wise("u:", url.take(where), "") if id_column is None else id_column.take(where)
+
+        rows, found = counted_rows(text)  # only these rows' parses are kept, not a row-aligned table
+        count = np.zeros(len(batch), dtype=np.int16)
+        count[rows] = [p.count for p in found]
+        counting = count >= 2
         # Some text: not null, not empty, not only (Unicode) spaces; counted on offsets, no copies.
         has_text = np.asarray(pc.fill_null(pc.and_(pc.greater(pc.binary_length(text), 0),
                                                    pc.invert(pc.utf8_is_space(text))), False))
@@ -224,8 +234,8 @@ class CaptionFilter:
         if self.cfg.non_counting_rate >= 1.0:
             sampled = candidates
         elif self.cfg.non_counting_rate > 0.0:  # hash only the candidates' ids
-            where = pa.array(np.flatnonzero(candidates))
-            sampled[where] = sample_fraction(ids.take(where), self.cfg.seed) < self.cfg.non_counting_rate
+            where = np.flatnonzero(candidates)
+            sampled[where] = sample_fraction(ids(where), self.cfg.seed) < self.cfg.non_counting_rate
 
         status = np.zeros(len(batch), dtype=np.int8)  # codes into _STATUSES; 0 is ok
         status[candidates & ~sampled] = 2  # not_sampled
@@ -233,27 +243,30 @@ class CaptionFilter:
         status[(status == 3) & bad_url] = 5  # undecodable_url
         status[~has_text] = 1  # no_caption
         status[bad_text] = 4  # undecodable_caption
-        if self.cfg.id_column:  # an id is what makes a row one row: none, and it cannot be kept
-            no_id = np.asarray(pc.fill_null(pc.equal(pc.binary_length(ids), 0), True))
+        if id_column is not None:  # an id is what makes a row one row: none, and it cannot be kept
+            no_id = np.asarray(pc.fill_null(pc.equal(pc.binary_length(id_column), 0), True))
             status[(status == 0) & no_id] = 6  # missing_id
         # Only the kept rows are gathered; the rejected ones are only counted (by status and kind).
-        ok = pa.array(np.flatnonzero(status == 0))
+        ok = np.flatnonzero(status == 0)
+        parse_of = np.full(len(batch), len(found), dtype=np.int32)  # row -> its parse in found; the rest: a null
+        parse_of[rows] = np.arange(len(found), dtype=np.int32)
         kept = pa.table({
-            "sample_id": ids.take(ok),
+            "sample_id": ids(ok),
             "url": url.take(ok),
             "caption": pc.cast(text.take(ok), pa.string()),
-            "caption_count": count.take(ok),
-            "noun": parsed.column("noun").take(ok),
-            "kind": pc.if_else(pa.array(counting).take(ok), "counting", "non_counting"),
+            "caption_count": pa.array(count[ok]),
+            "noun": pa.array([p.noun for p in found] + [None], pa.string()).take(pa.array(parse_of[ok])),
+            "kind": pc.if_else(pa.array(counting[ok]), "counting", "non_counting"),
             "status": pa.repeat("ok", len(ok)),
             "n_rows": pa.array(np.ones(len(ok), dtype=np.int64)),
         }, schema=_ROW_SCHEMA)
         return pa.concat_tables([kept, _reject_summary(status, counting)])
 
-    def _all_ids(self, batch: pa.Table, url: pa.Array) -> pa.Array:
-        """The stable id of every row: the id column (null where missing or not UTF-8), or "u:" + URL."""
+    def _id_column(self, batch: pa.Table) -> pa.Array | None:
+        """The id column as strings (null where missing or not UTF-8); None without one (ids are then
+        "u:" + URL, made only for the rows that need one)."""
         if not self.cfg.id_column:
-            return pc.binary_join_element_wise("u:", url, "")
+            return None
         column = batch.column(self.cfg.id_column)
         if pa.types.is_integer(column.type):
             return pc.cast(column, pa.string()).combine_chunks()
