@@ -15,9 +15,15 @@ stages do not control), and writes JSON.
 --real-captions reads the shared real LAION captions (11,057, ~11 % with a number word, against the
 synthetic ~3 %) and repeats them to --rows rows: the per-row grammar then runs on far more rows.
 
-At 3 M rows a vectorised pass lasts ~4 s, and Ray Data 2.60 runs one task at a time for its
-first second or so (its autoscaling coordinator reports no resources yet): short passes understate
-the 2-CPU rate. 10 M rows make the passes long enough for that to fade.
+The rows sit in memory as cpus * 8 equal blocks, and each stage is called once per block
+(``batch_size=None``), as the build runs its caption stage; ``--batch-size 16384`` calls it on
+16,384-row slices instead (this bench's setting before 2026-12-08: on this 2-core machine ~10 %
+slower for the vectorised stage, whose fixed cost per call is a few milliseconds). At 3 M rows a
+vectorised pass lasts ~4 s, and Ray Data 2.60 runs one task at a time for its first second or so (its
+autoscaling coordinator reports no resources yet): short passes understate the 2-CPU rate. 10 M rows
+make the passes long enough for that to fade. Each Ray task also costs ~50 ms of wall time on 2 busy
+CPUs here (a pass over 64 blocks takes ~40 % longer than over 16), which the vectorised stage's
+shorter tasks feel more than the per-row ones.
 """
 
 from __future__ import annotations
@@ -97,21 +103,27 @@ def stage(mode: str, non_counting_rate: float = 0.0):
 MODES = ("noop", "per_row", "vectorised")
 
 
-def run(path: Path, cpus: int, rounds: int, non_counting_rate: float) -> dict[str, list[float]]:
-    """Seconds of each mode's pass over the same in-memory blocks, the modes interleaved round by
-    round so that a slow spell of this shared machine hits all of them alike."""
+def run(path: Path, cpus: int, rounds: int, non_counting_rate: float,
+        batch_size: int | None = None) -> tuple[dict[str, list[float]], list[int]]:
+    """(seconds of each mode's pass over the same in-memory blocks, the rows of each block), the modes
+    interleaved round by round so that a slow spell of this shared machine hits all of them alike."""
     import ray
 
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
-        ds = ray.data.read_parquet(str(path), override_num_blocks=cpus * 8).materialize()  # timed passes read nothing
+        # The timed passes read nothing: the rows sit in memory as cpus * 8 blocks of equal size. (Ray
+        # Data 2.60's parquet reader ignores override_num_blocks here and makes 8 blocks of 50k to 1.6M
+        # rows: the longest task then sets a pass's end, on 2 CPUs a quarter of a vectorised pass.)
+        ds = ray.data.read_parquet(str(path)).repartition(cpus * 8).materialize()
+        block_rows = sorted(r["rows"] for r in ds.map_batches(lambda b: {"rows": [b.num_rows]}, batch_format="pyarrow",
+                                                               batch_size=None).take_all())
         seconds: dict[str, list[float]] = {mode: [] for mode in MODES}
         for _ in range(rounds):
             for mode in MODES:
                 tic = time.perf_counter()
-                ds.map_batches(**stage(mode, non_counting_rate), batch_size=16384).materialize()
+                ds.map_batches(**stage(mode, non_counting_rate), batch_size=batch_size).materialize()
                 seconds[mode].append(time.perf_counter() - tic)
-        return seconds
+        return seconds, block_rows
     finally:
         ray.shutdown()
 
@@ -125,12 +137,14 @@ def main() -> None:
     parser.add_argument("--real-captions", type=Path, default=None, metavar="JSONL",
                         help="use these real captions (e.g. ../shared/laion-captions/captions.jsonl), repeated to --rows rows, "
                              "instead of the synthetic ones")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="rows per stage call; default: a whole block per call, as the build runs its caption stage")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     from countclip.environment import configure_environment
 
     configure_environment()
-    results = {"rows": args.rows, "rounds": args.rounds, "non_counting_rate": args.non_counting_rate,
+    results = {"rows": args.rows, "rounds": args.rounds, "batch_size": args.batch_size, "non_counting_rate": args.non_counting_rate,
                "captions": str(args.real_captions) if args.real_captions else "synthetic"}
     with tempfile.TemporaryDirectory() as folder:
         if args.real_captions:
@@ -138,13 +152,13 @@ def main() -> None:
         else:
             path = synthetic_source(args.rows, Path(folder))
         for cpus in (1, 2):
-            runs = run(path, cpus, args.rounds, args.non_counting_rate)
+            runs, block_rows = run(path, cpus, args.rounds, args.non_counting_rate, args.batch_size)
             seconds = {mode: statistics.median(values) for mode, values in runs.items()}
             per_row, vector = args.rows / seconds["per_row"], args.rows / seconds["vectorised"]
             ratios = [p / v for p, v in zip(runs["per_row"], runs["vectorised"])]  # per round, same spell
             # Net of the floor: what the stages themselves cost, without Ray Data's fixed scheduling time.
             net = (seconds["per_row"] - seconds["noop"]) / max(seconds["vectorised"] - seconds["noop"], 1e-9)
-            results[f"{cpus}cpu"] = {"seconds": runs, "median_seconds": seconds, "per_row_rows_per_s": per_row,
+            results[f"{cpus}cpu"] = {"block_rows": block_rows, "seconds": runs, "median_seconds": seconds, "per_row_rows_per_s": per_row,
                                      "vectorised_rows_per_s": vector, "speedup_per_round": ratios,
                                      "speedup": statistics.median(ratios), "speedup_net_of_noop": net}
             print(f"{cpus} CPU: no-op pass {seconds['noop']:.2f}s; per-row {per_row:,.0f} rows/s, vectorised "
