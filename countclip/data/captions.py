@@ -2,11 +2,11 @@
 non-counting rows, and why every other row is dropped.
 
 Works on a pyarrow Table (Ray Data's ``batch_format="pyarrow"``); the number-word parse is
-``parse_captions`` below (RE2 prefilter, per-row Python only on the few rows holding a number
-word). Rows leave with ``status`` "ok" or a reason. Rejected rows are not carried on: each batch
-folds them into one summary row per reason, whose ``n_rows`` says how many input rows it stands
-for, so the final reconciliation (rows in = rows written + rows rejected, by reason) needs no
-second pass over the source.
+``counted_rows`` below (RE2 prefilter, per-row Python only on the few rows holding a number word;
+``parse_captions`` is its row-aligned table form). Rows leave with ``status`` "ok" or a reason.
+Rejected rows are not carried on: each batch folds them into one summary row per reason, whose
+``n_rows`` says how many input rows it stands for, so the final reconciliation (rows in = rows
+written + rows rejected, by reason) needs no second pass over the source.
 """
 
 from __future__ import annotations
