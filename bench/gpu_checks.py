@@ -5,6 +5,8 @@
    and peak GPU memory, and that fp32 FSDP's losses equal the unwrapped model's.
 2. YOLO verification at 640 px: the verify stage (``YoloVerifier``, what each Ray Data actor runs:
    decode + predict + counting) against a bare Ultralytics predict loop on the same images, images/s.
+3. The CountWorld base's pretraining (``countclip world pretrain-base``) on CUDA, a short recipe:
+   seconds per step of each stage (what a full recipe would take there) and the card of the file.
 
     python bench/gpu_checks.py --out /tmp/gpu.json            # on the GPU machine
     python bench/gpu_checks.py --out /tmp/cpu.json --small    # a quick run of the same code on CPU
@@ -113,6 +115,23 @@ def yolo_checks(device: str, small: bool, results: dict, save) -> None:
     save()
 
 
+def base_checks(device: str, small: bool, results: dict, save) -> None:
+    """A short run of the base recipe on ``device``: per-stage seconds per step, and the card's accuracies."""
+    from countclip.world.base import BaseRecipe, pretrain_base
+
+    steps = (2, 2, 2) if small else (300, 100, 100)
+    recipe = BaseRecipe(sup_steps=steps[0], lit_steps=steps[1], clip_steps=steps[2], device=device,
+                        batch=8 if small else 128)
+    with tempfile.TemporaryDirectory() as out:
+        path = pretrain_base(out, recipe, echo=lambda line: None)
+        card = json.loads(path.with_suffix(".json").read_text())
+    per_step = {stage: card["seconds"][stage] / n for stage, n in zip("ABC", steps)}
+    results["base"] = {"steps": dict(zip("ABC", steps)), "seconds": card["seconds"], "seconds_per_step": per_step,
+                       "accuracy": card["accuracy"],
+                       "full_recipe_seconds_estimate": round(sum(per_step[s] * n for s, n in zip("ABC", (3000, 300, 500))))}
+    save()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -129,7 +148,8 @@ def main() -> None:
         print(json.dumps(results), flush=True)
 
     for name, check in (("yolo", lambda: yolo_checks("cuda:0" if cuda else "cpu", args.small, results, save)),
-                        ("fsdp", lambda: fsdp_checks(torch.device("cuda:0" if cuda else "cpu"), args.small, results, save))):
+                        ("fsdp", lambda: fsdp_checks(torch.device("cuda:0" if cuda else "cpu"), args.small, results, save)),
+                        ("base", lambda: base_checks("cuda:0" if cuda else "cpu", args.small, results, save))):
         try:
             check()
         except Exception as exc:  # one failed check must not hide the other's numbers

@@ -48,9 +48,7 @@ from countclip.world.sets import zeroshot_by_task, zeroshot_set
 
 SHIPPED_ARCH, SHIPPED_BASE = SHIPPED["countworld"]
 SHIPPED_NAME = SHIPPED_BASE.name
-# The experiment's pretraining captions: vague numerosity words ("a few", "many"), attributes dropped
-# at web-like rates; the held-out sets of the card (seeds apart from any experiment's).
-PRETRAIN_STYLE = CaptionStyle(numerosity=True)
+# The held-out sets of the card (seeds apart from any experiment's).
 EVAL_SEEDS = {"benchmark": 3, "zeroshot": 4}
 
 
@@ -78,12 +76,18 @@ class BaseRecipe(ConfigBase):
     """Stage C: learning rate."""
     aux: float = 0.5
     """Stage C: weight of the heads' cross-entropy beside L_clip."""
+    numerosity_words: bool = True
+    """Stage B and C captions use vague numerosity words matching the scene ("a few", "many"), as web
+    captions do (the shipped base); false: quantity words that say nothing of the count ("some")."""
     seed: int = 0
     """Seeds the initial weights and the scenes."""
     threads: int = 2
     """torch CPU threads."""
+    device: str = "cpu"
+    """Where to train: cpu, cuda or cuda:N (the card's accuracies are measured on CPU, on the written file)."""
 
     def __post_init__(self) -> None:
+        require(self.device == "cpu" or self.device.startswith("cuda"), f"device must be cpu or cuda[:N], got {self.device!r}")
         for name in ("batch", "sup_steps", "image_size", "threads"):
             require(getattr(self, name) > 0, f"{name} must be positive")
         for name in ("lit_steps", "clip_steps", "aux"):
@@ -109,13 +113,13 @@ def evaluate_base(model, tokenizer, preprocess, folder: Path, image_size: int) -
 class _Scenes:
     """A fresh batch of count-free scenes per call: StepRows and the three label tensors."""
 
-    def __init__(self, rng: np.random.Generator, size: int):
-        self.rng, self.size = rng, size
+    def __init__(self, rng: np.random.Generator, size: int, style: CaptionStyle):
+        self.rng, self.size, self.style = rng, size, style
 
     def __call__(self, n: int) -> tuple[StepRows, dict[str, torch.Tensor]]:
         scenes = [sample_scene(self.rng, int(self.rng.integers(1, 11)), same_size=True) for _ in range(n)]
         images = np.stack([render(s, self.size) for s in scenes])
-        captions = [caption(s, self.rng, with_count=False, style=PRETRAIN_STYLE) for s in scenes]
+        captions = [caption(s, self.rng, with_count=False, style=self.style) for s in scenes]
         labels = {t: torch.tensor([c.index(getattr(s, t)) for s in scenes]) for t, c in ZEROSHOT_TASKS.items()}
         return StepRows(images, captions, np.zeros(n, np.int64), np.arange(n)), labels
 
@@ -127,14 +131,16 @@ def pretrain_base(out_dir: str | Path, recipe: BaseRecipe | None = None, echo: C
     torch.set_num_threads(recipe.threads)
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)
-    model, preprocess, tokenizer = create_model(ModelConfig(arch=recipe.arch))
+    device = torch.device(recipe.device)
+    model, preprocess, tokenizer = create_model(ModelConfig(arch=recipe.arch), device)
     width = model.text_projection.shape[1]
-    heads = torch.nn.ModuleDict({t: torch.nn.Linear(width, len(c)) for t, c in ZEROSHOT_TASKS.items()})
+    heads = torch.nn.ModuleDict({t: torch.nn.Linear(width, len(c)) for t, c in ZEROSHOT_TASKS.items()}).to(device)
     builder = BatchBuilder(tokenizer, preprocess, 1, recipe.seed)
-    scenes = _Scenes(np.random.default_rng((recipe.seed, 1)), recipe.image_size)
+    scenes = _Scenes(np.random.default_rng((recipe.seed, 1)), recipe.image_size,
+                     CaptionStyle(numerosity=recipe.numerosity_words))
 
     def heads_loss(raw: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(F.cross_entropy(heads[t](raw), y) for t, y in labels.items()) / len(labels)
+        return sum(F.cross_entropy(heads[t](raw), y.to(device)) for t, y in labels.items()) / len(labels)
 
     seconds = {}
     # A: the image tower learns the world's attributes from labels (no counts).
@@ -145,7 +151,7 @@ def pretrain_base(out_dir: str | Path, recipe: BaseRecipe | None = None, echo: C
     tic = time.perf_counter()
     for step in range(recipe.sup_steps):
         rows, labels = scenes(recipe.batch)
-        loss = heads_loss(model.encode_image(builder(rows, 0).images), labels)
+        loss = heads_loss(model.encode_image(builder(rows, 0, device).images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -166,7 +172,7 @@ def pretrain_base(out_dir: str | Path, recipe: BaseRecipe | None = None, echo: C
         tic = time.perf_counter()
         for step in range(steps):
             rows, labels = scenes(recipe.batch)
-            batch = builder(rows, 0)
+            batch = builder(rows, 0, device)
             with torch.set_grad_enabled(not locked):
                 raw = model.encode_image(batch.images)  # (B, D) before normalisation
             loss = clip_loss(F.normalize(raw, dim=-1), model.encode_text(batch.tokens, normalize=True),
@@ -191,7 +197,7 @@ def pretrain_base(out_dir: str | Path, recipe: BaseRecipe | None = None, echo: C
 
     path = out_dir / SHIPPED_NAME
     # fp16 safetensors: half the size of fp32 in the repo, and a format that cannot carry code.
-    storage.write_bytes(path, save_safetensors({k: v.half().contiguous() for k, v in export_state_dict(model).items()}))
+    storage.write_bytes(path, save_safetensors({k: v.half().cpu().contiguous() for k, v in export_state_dict(model).items()}))
     # The card measures the file as shipped (fp16), loaded the way every user loads it.
     shipped, shipped_pre, shipped_tok = create_model(ModelConfig(arch=recipe.arch, pretrained=str(path)))
     scores = evaluate_base(shipped, shipped_tok, shipped_pre, out_dir / "eval", recipe.image_size)
@@ -199,7 +205,8 @@ def pretrain_base(out_dir: str | Path, recipe: BaseRecipe | None = None, echo: C
         "command": f"countclip world pretrain-base --out DIR --seed {recipe.seed} --threads {recipe.threads} " + " ".join(
             f"{k}={v}" for k, v in recipe.to_dict().items()
             if k not in ("seed", "threads") and v != getattr(BaseRecipe(), k)),
-        "recipe": recipe.to_dict(), "world": "CountWorld, count-free captions (numerosity words), same-size objects",
+        "recipe": recipe.to_dict(), "world": "CountWorld, count-free captions "
+        f"({'numerosity words' if recipe.numerosity_words else 'no numerosity words'}), same-size objects",
         "seconds": {k: round(v) for k, v in seconds.items()} | {"total": round(time.perf_counter() - t0)},
         "accuracy": scores, "chance": {"shape": 1 / 8, "colour": 1 / 8, "background": 1 / 8, "count": 1 / 9},
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
