@@ -151,11 +151,16 @@ def counted_rows(strings: pa.Array) -> tuple[np.ndarray, list[CaptionCount]]:
     return candidates[[i for i, p in enumerate(parsed) if p]], [p for p in parsed if p]
 
 
+def _parse_index(n: int, rows: np.ndarray, found: list) -> np.ndarray:
+    """(n,) int32: row i's position in ``found``; every other row points at len(found), a trailing null."""
+    index = np.full(n, len(found), dtype=np.int32)
+    index[rows] = np.arange(len(found), dtype=np.int32)
+    return index
+
+
 def _parse_chunk(strings: pa.Array) -> pa.RecordBatch:
     rows, found = counted_rows(strings)
-    # Output row i is row index[i] of the found counts; every other row points at a trailing null.
-    index = np.full(len(strings), len(found), dtype=np.int32)
-    index[rows] = np.arange(len(found), dtype=np.int32)
+    index = _parse_index(len(strings), rows, found)
     values = {
         "count": [p.count for p in found], "noun": [p.noun for p in found],
         "noun_phrase": [p.noun_phrase for p in found],
@@ -248,14 +253,13 @@ class CaptionFilter:
             status[(status == 0) & no_id] = 6  # missing_id
         # Only the kept rows are gathered; the rejected ones are only counted (by status and kind).
         ok = np.flatnonzero(status == 0)
-        parse_of = np.full(len(batch), len(found), dtype=np.int32)  # row -> its parse in found; the rest: a null
-        parse_of[rows] = np.arange(len(found), dtype=np.int32)
+        parse_of = _parse_index(len(batch), rows, found)[ok]
         kept = pa.table({
             "sample_id": ids(ok),
             "url": url.take(ok),
             "caption": pc.cast(text.take(ok), pa.string()),
             "caption_count": pa.array(count[ok]),
-            "noun": pa.array([p.noun for p in found] + [None], pa.string()).take(pa.array(parse_of[ok])),
+            "noun": pa.array([p.noun for p in found] + [None], pa.string()).take(pa.array(parse_of)),
             "kind": pc.if_else(pa.array(counting[ok]), "counting", "non_counting"),
             "status": pa.repeat("ok", len(ok)),
             "n_rows": pa.array(np.ones(len(ok), dtype=np.int64)),

@@ -8,8 +8,9 @@ import pytest
 
 from countclip.config import ConfigError
 from countclip.model import ModelConfig, create_model
+from countclip.world import base as base_module
 from countclip.world.base import BaseRecipe, _Scenes, pretrain_base
-from countclip.world.scenes import VAGUE_BY_NUMEROSITY, VAGUE_QUANTITIES, CaptionStyle
+from countclip.world.scenes import VAGUE_BY_NUMEROSITY, VAGUE_QUANTITIES, CaptionStyle, caption
 
 NUMEROSITY_ONLY = {w for _, words in VAGUE_BY_NUMEROSITY for w in words} - set(VAGUE_QUANTITIES)
 
@@ -32,9 +33,17 @@ def test_bad_recipe_values_are_refused(override):
 
 
 @pytest.mark.slow
-def test_a_tiny_pretraining_writes_a_base_that_loads_and_a_card_that_describes_it(tmp_path):
+def test_a_tiny_pretraining_writes_a_base_that_loads_and_a_card_that_describes_it(tmp_path, monkeypatch):
+    styles = []  # every caption the run writes, as the recipe's option made it
+
+    def recording_caption(scene, rng, *, with_count, style):
+        styles.append(style.numerosity)
+        return caption(scene, rng, with_count=with_count, style=style)
+
+    monkeypatch.setattr(base_module, "caption", recording_caption)
     recipe = BaseRecipe(batch=8, sup_steps=2, lit_steps=2, clip_steps=2, numerosity_words=False, threads=1)
     path = pretrain_base(tmp_path, recipe, echo=lambda line: None)
+    assert styles and not any(styles)
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert "numerosity_words=False" in card["command"] and "no numerosity words" in card["world"]
